@@ -1,0 +1,1 @@
+"""Adapters: drivers behind the ports (SQL config, stores, caches, ccxt)."""

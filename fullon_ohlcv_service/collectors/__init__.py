@@ -1,0 +1,1 @@
+"""Collectors: trades, candles, backfill and the batch writer (depend on ports only)."""

@@ -1,0 +1,95 @@
+"""Structured logging to stderr (text or JSON): component, pid and key/value fields on every line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import IO, Any
+
+_FIELDS = "ohlcv_fields"
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self.json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = dict(getattr(record, _FIELDS, {}))
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        if self.json:
+            doc = {"ts": ts, "level": record.levelname, "component": record.name, "pid": record.process,
+                   "msg": record.getMessage(), **fields}
+            return json.dumps(doc, default=str)
+        kv = " ".join(f"{k}={_kv(v)}" for k, v in fields.items() if k != "exc")
+        line = f"{ts} {record.levelname:<7} {record.name} pid={record.process} {record.getMessage()}"
+        if kv:
+            line += " " + kv
+        if "exc" in fields:
+            line += "\n" + str(fields["exc"])
+        return line
+
+
+def _kv(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' ="'):
+        return json.dumps(text)
+    return text
+
+
+def configure(level: str = "INFO", fmt: str = "text", stream: IO[str] | None = None,
+              file: str | None = None) -> None:
+    """Install one handler on the ``fullon`` logger tree (idempotent; call again after fork)."""
+    root = logging.getLogger("fullon")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler: logging.Handler = logging.StreamHandler(stream or sys.stderr)
+    if file:
+        handler = logging.FileHandler(file)
+    handler.setFormatter(_Formatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+class Log:
+    """A logger bound to a dotted component and context fields (exchange, symbol, ...)."""
+
+    __slots__ = ("_fields", "_logger")
+
+    def __init__(self, component: str, **fields: Any) -> None:
+        self._logger = logging.getLogger(component)
+        self._fields = fields
+
+    def bind(self, **fields: Any) -> Log:
+        new = Log(self._logger.name)
+        new._fields = {**self._fields, **fields}
+        return new
+
+    def _log(self, level: int, msg: str, exc: bool, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, msg, exc_info=exc, extra={_FIELDS: {**self._fields, **fields}})
+
+    def debug(self, msg: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, msg, False, fields)
+
+    def info(self, msg: str, **fields: Any) -> None:
+        self._log(logging.INFO, msg, False, fields)
+
+    def warning(self, msg: str, **fields: Any) -> None:
+        self._log(logging.WARNING, msg, False, fields)
+
+    def error(self, msg: str, **fields: Any) -> None:
+        self._log(logging.ERROR, msg, False, fields)
+
+    def exception(self, msg: str, **fields: Any) -> None:
+        self._log(logging.ERROR, msg, True, fields)
+
+
+def pid() -> int:
+    return os.getpid()

@@ -1,0 +1,1 @@
+"""Exchange simulator speaking Kraken and Binance wire formats on loopback."""

@@ -1,0 +1,1 @@
+"""The master process: fork one worker per exchange, watch heartbeats, restart with policy."""

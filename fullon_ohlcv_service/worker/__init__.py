@@ -1,0 +1,1 @@
+"""One exchange's worker process: uvloop runtime, collectors, heartbeat."""
