@@ -1,0 +1,115 @@
+"""Open the candle/trade store named by a URL, plus the pure rules both SQL stores share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from fullon_ohlcv_service.errors import ConfigError
+from fullon_ohlcv_service.identifiers import validate_exchange
+from fullon_ohlcv_service.models import Candle
+from fullon_ohlcv_service.ports import OhlcvStore
+from fullon_ohlcv_service.settings import StoreURL
+from fullon_ohlcv_service.timeutil import MINUTE_MS
+
+# How many rows a streamed read fetches per round trip.
+FETCH_ROWS = 5_000
+
+
+class SqlOhlcvStore(OhlcvStore, Protocol):
+    """An OhlcvStore that can also say whether a symbol's tables exist (used by ohlcv-export)."""
+
+    async def has_symbol(self, symbol: str) -> bool: ...
+
+
+def open_ohlcv_store(url: StoreURL, exchange: str) -> SqlOhlcvStore:
+    """The store for ``exchange`` at ``url``, not yet opened: use ``async with open_ohlcv_store(...) as s``.
+
+    ``sqlite:///dir`` -> one file per exchange ``dir/<exchange>.sqlite``; ``postgresql://...`` ->
+    one schema per exchange. Raises ConfigError for an unsupported URL or an invalid exchange name.
+    """
+    validate_exchange(exchange)
+    if url.kind == "sqlite":
+        from fullon_ohlcv_service.adapters.sqlite_store import SqliteOhlcvStore
+
+        return SqliteOhlcvStore(url.path, exchange)
+    if url.kind == "postgresql":
+        from fullon_ohlcv_service.adapters.postgres_store import PostgresOhlcvStore
+
+        return PostgresOhlcvStore(url.url, exchange)
+    raise ConfigError(f"--ohlcv-db: {url.redacted} is not a sqlite:// or postgresql:// URL")
+
+
+def dedupe_candles(candles: Sequence[Candle]) -> list[Candle]:
+    """One candle per minute, in time order, applying the upsert rule within the batch itself.
+
+    A later candle for the same minute replaces an earlier one, except that a provisional candle
+    never replaces a final one (the same rule the database applies against stored rows).
+    """
+    by_ts: dict[int, Candle] = {}
+    for c in candles:
+        old = by_ts.get(c.ts)
+        if old is not None and old.final and not c.final:
+            continue
+        by_ts[c.ts] = c
+    return [by_ts[ts] for ts in sorted(by_ts)]
+
+
+def merge_interval(
+    start: int, end: int, touching: Iterable[tuple[int, int]]
+) -> tuple[int, int]:
+    """The union of [start, end) with every interval that overlaps or touches it."""
+    lo, hi = start, end
+    for s, e in touching:
+        lo, hi = min(lo, s), max(hi, e)
+    return lo, hi
+
+
+def first_minute(since: int) -> int:
+    """The first minute open at or after ``since``."""
+    return -((-since) // MINUTE_MS) * MINUTE_MS
+
+
+def compute_gaps(
+    since: int, until: int, candle_ts: Iterable[int], coverage: Iterable[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Minute ranges [start, end) in [since, until) with no candle and not inside a coverage interval.
+
+    ``candle_ts`` must be sorted minute opens within the range; ``coverage`` sorted, merged
+    [start, end) intervals. A minute counts as covered only if one interval holds all of it.
+    Adjacent missing minutes are joined into one range.
+    """
+    gaps: list[tuple[int, int]] = []
+    cov = list(coverage)
+    ci = 0
+
+    def add_missing(lo: int, hi: int) -> None:
+        # minutes m with lo <= m < hi (all minute-aligned) lack a candle; drop covered ones
+        nonlocal ci
+        m = lo
+        while m < hi:
+            while ci < len(cov) and cov[ci][1] < m + MINUTE_MS:
+                ci += 1
+            if ci < len(cov) and cov[ci][0] <= m:
+                # covered from m up to the last whole minute inside this interval
+                m = max(m + MINUTE_MS, min(hi, cov[ci][1] - cov[ci][1] % MINUTE_MS))
+                continue
+            nxt = hi if ci >= len(cov) else min(hi, first_minute(cov[ci][0]))
+            nxt = max(nxt, m + MINUTE_MS)
+            if gaps and gaps[-1][1] == m:
+                gaps[-1] = (gaps[-1][0], nxt)
+            else:
+                gaps.append((m, nxt))
+            m = nxt
+
+    cursor = first_minute(since)
+    end = first_minute(until)
+    for ts in candle_ts:
+        if ts < cursor or ts >= end:
+            continue
+        if ts > cursor:
+            add_missing(cursor, ts)
+        cursor = ts + MINUTE_MS
+    if cursor < end:
+        add_missing(cursor, end)
+    return gaps
