@@ -15,14 +15,14 @@ MAX_IDENT = 63  # PostgreSQL's NAMEDATALEN - 1
 
 def validate_exchange(name: str) -> str:
     """A ccxt-style exchange id (``kraken``, ``binance``); raise ConfigError for anything else."""
-    if not isinstance(name, str) or not _EXCHANGE.match(name):
+    if not isinstance(name, str) or not _EXCHANGE.fullmatch(name):
         raise ConfigError(f"exchange name {name!r} is invalid: use lowercase letters, digits and _")
     return name
 
 
 def validate_symbol(symbol: str) -> str:
     """A ccxt unified symbol (``BTC/USD``, ``BTC/USDT:USDT``); raise ConfigError for anything else."""
-    if not isinstance(symbol, str) or not _SYMBOL.match(symbol):
+    if not isinstance(symbol, str) or not _SYMBOL.fullmatch(symbol):
         raise ConfigError(
             f"symbol {symbol!r} is invalid: expected a ccxt unified symbol such as BTC/USD or BTC/USDT:USDT"
         )
@@ -33,14 +33,14 @@ def symbol_table_base(symbol: str) -> str:
     """``BTC/USD`` -> ``btc_usd``: lowercase, ``/ : -`` to ``_``, only ``[a-z0-9_]`` allowed."""
     validate_symbol(symbol)
     base = symbol.lower().replace("/", "_").replace(":", "_").replace("-", "_")
-    if not re.match(r"^[a-z0-9_]+$", base) or len(base) + len("_candles1m") > MAX_IDENT:
+    if not re.fullmatch(r"[a-z0-9_]+", base) or len(base) + len("_candles1m") > MAX_IDENT:
         raise ConfigError(f"symbol {symbol!r} cannot be mapped to a table name")
     return base
 
 
 def quote_ident(name: str) -> str:
     """Double-quote an identifier that has already been validated as ``[a-z0-9_]``."""
-    if not re.match(r"^[a-z0-9_]+$", name) or len(name) > MAX_IDENT:
+    if not re.fullmatch(r"[a-z0-9_]+", name) or len(name) > MAX_IDENT:
         raise ConfigError(f"refusing unsafe SQL identifier {name!r}")
     return f'"{name}"'
 
