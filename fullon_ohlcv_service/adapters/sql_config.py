@@ -39,8 +39,8 @@ _log = Log("fullon.ohlcv.config")
 DEFAULT_BACKTEST = 30
 DEFAULT_UPDATEFRAME = "1h"
 DEFAULT_DECIMALS = 8
-_PARAM_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,99}$")
-_UPDATEFRAME = re.compile(r"^[1-9][0-9]{0,3}[smhdwM]$")
+_PARAM_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,99}")
+_UPDATEFRAME = re.compile(r"[1-9][0-9]{0,3}[smhdwM]")
 
 
 class InputRefused(PermanentError):
@@ -64,7 +64,7 @@ def parse_param(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` -> (KEY, VALUE); the key is a plain identifier, the value any text."""
     key, sep, value = text.partition("=")
     key = key.strip()
-    if not sep or not _PARAM_KEY.match(key):
+    if not sep or not _PARAM_KEY.fullmatch(key):
         raise InputRefused(f"--param {text!r} is invalid: expected KEY=VALUE with KEY made of letters, digits, _ . -")
     return key, value
 
@@ -76,7 +76,7 @@ def check_backtest(days: int) -> int:
 
 
 def check_updateframe(tf: str) -> str:
-    if not _UPDATEFRAME.match(tf):
+    if not _UPDATEFRAME.fullmatch(tf):
         raise InputRefused(f"--updateframe {tf!r} is invalid: expected a timeframe such as 1m, 15m, 1h, 1d")
     return tf
 
