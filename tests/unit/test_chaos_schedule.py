@@ -1,0 +1,86 @@
+"""The seeded fault schedule: deterministic, complete, non-overlapping, and ending with the master's SIGTERM."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from fullon_ohlcv_service.chaos import schedule as s
+
+PLAN = s.Plan(minutes=3, exchanges=("kraken", "binance"), store="postgres", cache="redis",
+              heartbeat_timeout=3.0, kill_grace=1.0, boot_grace=8.0,
+              add_symbols=(("kraken", "SOL/USD"), ("binance", "SOL/USDT")))
+
+
+def test_same_seed_same_schedule_and_other_seed_differs() -> None:
+    a = s.build_schedule(1, PLAN)
+    assert a == s.build_schedule(1, PLAN)
+    assert a != s.build_schedule(2, PLAN)
+
+
+def test_every_required_kind_once_and_sigterm_last() -> None:
+    faults = s.build_schedule(7, PLAN)
+    kinds = [f.kind for f in faults]
+    for kind in (s.KILL9, s.SIGSTOP, s.WS_DROP, s.WS_STALL, s.REST_429, s.REST_5XX, s.MALFORMED,
+                 s.SIGHUP_ADD, s.REDIS_RESTART, s.PG_RESTART):
+        assert kind in kinds, kind
+    assert kinds[-1] == s.SIGTERM_MASTER
+    assert kinds.count(s.SIGTERM_MASTER) == 1
+    assert faults[-1].at >= PLAN.minutes * 60
+
+
+def test_outages_only_for_the_backends_in_use() -> None:
+    plan = s.Plan(minutes=3, exchanges=("kraken",), store="sqlite", cache="sqlite")
+    for seed in range(20):
+        kinds = {f.kind for f in s.build_schedule(seed, plan)}
+        assert s.REDIS_RESTART not in kinds and s.PG_RESTART not in kinds
+        assert s.SIGHUP_ADD not in kinds  # nothing to add
+
+
+def test_faults_do_not_overlap_and_fill_the_run() -> None:
+    for seed in range(30):
+        faults = s.build_schedule(seed, PLAN)
+        for prev, nxt in itertools.pairwise(faults):
+            assert nxt.at >= prev.at + prev.slot, (seed, prev, nxt)
+        body = faults[:-1]
+        assert body[-1].at + body[-1].slot <= faults[-1].at
+        # extras fill a 3-minute run beyond the required kinds
+        assert len(body) > len(s.required_kinds(PLAN))
+
+
+def test_short_run_is_stretched_not_cut() -> None:
+    plan = s.Plan(minutes=0.5, exchanges=("kraken", "binance"), store="postgres", cache="redis")
+    faults = s.build_schedule(3, plan)
+    assert len(faults) == len(s.required_kinds(plan)) + 1
+    assert faults[-1].at > 30
+
+
+def test_targets_and_parameters() -> None:
+    faults = s.build_schedule(11, PLAN)
+    for f in faults:
+        if f.kind in (s.KILL9, s.SIGSTOP):
+            assert f.target in PLAN.exchanges
+        if f.kind == s.SIGSTOP:
+            assert f.duration > PLAN.heartbeat_timeout + PLAN.kill_grace
+            assert f.duration >= PLAN.boot_grace
+        if f.kind in (s.REST_429, s.REST_5XX, s.MALFORMED):
+            assert f.count > 0
+        if f.kind == s.SIGHUP_ADD:
+            assert (f.target, f.symbol) in PLAN.add_symbols
+        if f.kind in (s.WS_STALL, s.REDIS_RESTART, s.PG_RESTART):
+            assert f.duration > 0
+
+
+def test_symbols_are_added_at_most_once() -> None:
+    plan = s.Plan(minutes=3, exchanges=("kraken",), add_symbols=(("kraken", "SOL/USD"),))
+    faults = s.build_schedule(5, plan)
+    assert [f.symbol for f in faults if f.kind == s.SIGHUP_ADD] == ["SOL/USD"]
+
+
+@pytest.mark.parametrize("kwargs", [{"minutes": 0}, {"exchanges": ()}, {"store": "mysql"}, {"cache": "memcached"}])
+def test_bad_plan(kwargs: dict[str, object]) -> None:
+    base: dict[str, object] = {"minutes": 1, "exchanges": ("kraken",)}
+    base.update(kwargs)
+    with pytest.raises(ValueError):
+        s.Plan(**base)  # type: ignore[arg-type]
