@@ -21,6 +21,8 @@ class SqlOhlcvStore(OhlcvStore, Protocol):
 
     async def has_symbol(self, symbol: str) -> bool: ...
 
+    async def __aenter__(self) -> SqlOhlcvStore: ...
+
 
 def open_ohlcv_store(url: StoreURL, exchange: str) -> SqlOhlcvStore:
     """The store for ``exchange`` at ``url``, not yet opened: use ``async with open_ohlcv_store(...) as s``.
