@@ -1,0 +1,147 @@
+"""SQLite ProcessCache: shared across processes, TTL on read, fork-safe, classified errors."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from fullon_ohlcv_service.adapters.sqlite_cache import SqliteProcessCache, SyncSqliteProcessCache
+from fullon_ohlcv_service.errors import StoreUnavailable
+from fullon_ohlcv_service.settings import parse_store_url
+
+
+def _beat(path: str, pid: str, proc: int, n: int) -> None:
+    cache = SyncSqliteProcessCache(path)
+    for i in range(n):
+        cache.update(pid, status="running", params={f"p{proc}_{i}": i})
+    cache.close()
+
+
+def test_many_processes_lose_no_update(home: Path) -> None:
+    path = home / "cache.sqlite"
+    cache = SyncSqliteProcessCache(parse_store_url("cache", f"sqlite://{path}", ("sqlite",)))
+    pid = cache.register("ohlcv", "shared")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_beat, args=(str(path), pid, p, 50)) for p in range(3)]
+    for p in procs:
+        p.start()
+    seen = reads = 0
+    while any(p.is_alive() for p in procs):
+        doc = cache.get(pid)
+        assert doc is not None
+        assert len(doc["params"]) >= seen
+        seen = len(doc["params"])
+        assert [d["process_id"] for d in cache.list_active("ohlcv")] == [pid]
+        reads += 1
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert cache.get(pid)["params"] == {f"p{p}_{i}": i for p in range(3) for i in range(50)}  # type: ignore[index]
+    assert reads > 0
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    cache.close()
+
+
+def test_expired_rows_are_invisible_and_purged(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fullon_ohlcv_service.adapters.sqlite_cache as mod
+
+    path = home / "c.sqlite"
+    cache = SyncSqliteProcessCache(path)
+    old = cache.register("ohlcv", "w:old")
+    live = cache.register("ohlcv", "w:live")
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE process_data SET expires_ms = ? WHERE process_id = ?", (int(time.time() * 1000) - 1, old))
+    assert cache.get(old) is None
+    assert cache.get_component("w:old") is None
+    assert [d["process_id"] for d in cache.list_active()] == [live]
+    monkeypatch.setattr(mod, "PURGE_EVERY_S", 0.0)
+    cache.register("tick", "t")  # purges opportunistically
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT count(*) FROM process_data WHERE process_id = ?", (old,)).fetchone()[0] == 0
+        assert raw.execute("SELECT count(*) FROM process_active WHERE process_id = ?", (old,)).fetchone()[0] == 0
+        assert raw.execute("SELECT count(*) FROM process_components WHERE process_id = ?",
+                           (old,)).fetchone()[0] == 0
+        expires = raw.execute("SELECT expires_ms - updated_ms FROM process_data WHERE process_id = ?",
+                              (live,)).fetchone()[0]
+    assert expires == 86_400_000
+    cache.close()
+
+
+def test_sync_client_survives_fork(home: Path) -> None:
+    cache = SyncSqliteProcessCache(home / "c.sqlite")
+    pid = cache.register("ohlcv", "parent")
+    parent_conn = cache._connection()
+    rfd, wfd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(rfd)
+            cache.update(pid, params={"child": os.getpid()})
+            os.write(wfd, json.dumps({"same": cache._connection() is parent_conn}).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    _, status = os.waitpid(child, 0)
+    report = json.loads(os.read(rfd, 1000))
+    os.close(rfd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert report == {"same": False}
+    assert cache._connection() is parent_conn
+    assert cache.get(pid)["params"] == {"child": child}  # type: ignore[index]
+    cache.close()
+    assert cache.get(pid) is not None  # reopened lazily
+    cache.close()
+
+
+async def test_unopenable_file_is_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cache = SqliteProcessCache(blocker / "sub" / "cache.sqlite")
+    with pytest.raises(StoreUnavailable, match=r"cache\.sqlite"):
+        async with cache:
+            pass
+    with pytest.raises(StoreUnavailable):
+        SyncSqliteProcessCache(blocker / "cache.sqlite").register("ohlcv", "w")
+
+
+def test_locked_file_is_transient(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fullon_ohlcv_service.adapters.sqlite_cache as mod
+
+    monkeypatch.setattr(mod, "BUSY_TIMEOUT_MS", 100)
+    path = home / "c.sqlite"
+    cache = SyncSqliteProcessCache(path)
+    pid = cache.register("ohlcv", "w")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            cache.update(pid)
+        assert cache.get(pid) is not None  # WAL: readers are not blocked by the writer
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    cache.update(pid, status="running")  # the failed transaction left nothing behind
+    assert cache.get(pid)["status"] == "running"  # type: ignore[index]
+    cache.close()
+
+
+def test_heartbeat_cost(home: Path) -> None:
+    cache = SyncSqliteProcessCache(home / "c.sqlite")
+    pid = cache.register("ohlcv", "w")
+    n = 200
+    t0 = time.perf_counter()
+    for i in range(n):
+        cache.update(pid, status="running", params={"i": i})
+    per_beat_ms = (time.perf_counter() - t0) / n * 1000
+    assert cache.get(pid)["params"] == {"i": n - 1}  # type: ignore[index]
+    print(f"sqlite heartbeat: one IMMEDIATE transaction, {per_beat_ms:.3f} ms each")
+    cache.close()
