@@ -159,29 +159,70 @@ async def test_unreachable_server_is_store_unavailable_without_password() -> Non
     sync.close()
 
 
+PRIVATE_PW = "s3cr!t pw"
+
+
+def _start_redis(port: int, workdir: Any) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", PRIVATE_PW,
+         "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def private_redis(tmp_path: Any) -> Iterator[int]:
     """A throw-away redis-server with ``requirepass`` on a free port (killed after the test)."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     port = _free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "s3cr!t pw",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = _start_redis(port, tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
         yield port
     finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_outage_then_recovery(tmp_path: Any) -> None:
+    """A server that dies mid-run gives StoreUnavailable quickly; the same objects work once it is back."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    url = _url(f"redis://:s3cr%21t%20pw@127.0.0.1:{port}/1")
+    proc = _start_redis(port, tmp_path)
+    sync = SyncRedisProcessCache(url)
+    try:
+        async with RedisProcessCache(url) as cache:
+            pid = await cache.register("ohlcv", "w")
+            sync.update(pid)
+            proc.terminate()
+            proc.wait(10)
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnavailable) as info:
+                await cache.update(pid, status="running")
+            with pytest.raises(StoreUnavailable):
+                sync.update(pid, status="running")
+            assert time.monotonic() - t0 < 8
+            assert "s3cr" not in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
+            proc = _start_redis(port, tmp_path)  # empty: the document is gone
+            await cache.update(pid, status="running", params={"back": 1})  # the caller's retry succeeds
+            sync.update(pid, params={"sync": 1})
+            doc = await cache.get(pid)
+            assert doc is not None and doc["status"] == "running" and doc["params"] == {"back": 1, "sync": 1}
+            assert (await cache.get_component("w"))["process_id"] == pid  # type: ignore[index]
+    finally:
+        sync.close()
         proc.terminate()
         proc.wait(10)
 
@@ -192,7 +233,7 @@ async def test_password_and_db_are_honoured(private_redis: int) -> None:
     from fullon_ohlcv_service.settings import settings_from_env
 
     env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(private_redis), "REDIS_DB": "5",
-           "REDIS_PASSWORD": "s3cr!t pw", "OHLCV_HOME": "/nonexistent"}
+           "REDIS_PASSWORD": PRIVATE_PW, "OHLCV_HOME": "/nonexistent"}
     url = settings_from_env(env).cache
     assert url.kind == "redis"
     async with RedisProcessCache(url) as cache:
@@ -200,9 +241,9 @@ async def test_password_and_db_are_honoured(private_redis: int) -> None:
     sync = SyncRedisProcessCache(url)
     sync.update(pid, status="running")
     sync.close()
-    r = redis.Redis(host="127.0.0.1", port=private_redis, db=5, password="s3cr!t pw", decode_responses=True)
+    r = redis.Redis(host="127.0.0.1", port=private_redis, db=5, password=PRIVATE_PW, decode_responses=True)
     assert json.loads(r.get(f"process:data:{pid}"))["status"] == "running"  # type: ignore[arg-type]
-    assert redis.Redis(host="127.0.0.1", port=private_redis, db=0, password="s3cr!t pw").dbsize() == 0
+    assert redis.Redis(host="127.0.0.1", port=private_redis, db=0, password=PRIVATE_PW).dbsize() == 0
     r.close()
 
     bad = _url(f"redis://:wr0ngpw@127.0.0.1:{private_redis}/5")
