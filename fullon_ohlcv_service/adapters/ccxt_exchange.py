@@ -265,6 +265,7 @@ class _ProHooks:
     """Mixed into the ccxt.pro class: guards frame parsing and keeps Binance's kline ``x`` flag."""
 
     ohlcv_frame_error: Callable[[Any, BaseException], None] | None = None
+    ohlcv_disconnect: Callable[[Any], None] | None = None
     kline_closed: dict[str, dict[int, bool]] | None = None
 
     def client(self, url: str) -> Any:
@@ -285,6 +286,16 @@ class _ProHooks:
             client.handle_text_or_binary_message = guarded
             client._ohlcv_guarded = True
         return client
+
+    def on_error(self, client: Any, error: Any) -> None:
+        super().on_error(client, error)  # type: ignore[misc]
+        if self.ohlcv_disconnect is not None:
+            self.ohlcv_disconnect(error)
+
+    def on_close(self, client: Any, error: Any) -> None:
+        super().on_close(client, error)  # type: ignore[misc]
+        if self.ohlcv_disconnect is not None:
+            self.ohlcv_disconnect(error)
 
     def handle_ohlcv(self, client: Any, message: Any) -> None:
         super().handle_ohlcv(client, message)  # type: ignore[misc]
@@ -332,6 +343,7 @@ class CcxtExchange:
         self.simulator = simulator
         self.config = build_config(spec.name, spec.params, simulator)
         self.malformed_frames = 0
+        self.disconnects = 0  # websocket errors and closes seen (each means live data may be missing)
         self.log = Log("fullon.adapters.ccxt", exchange=spec.name)
         self._rest: Any = None
         self._pro: Any = None
@@ -344,6 +356,7 @@ class CcxtExchange:
         self._frame_seen: dict[str, int] = {}
         self._ohlcv: dict[str, _OhlcvState] = {}
         self._kline_closed: dict[str, dict[int, bool]] = {}
+        self._closing = False
 
     # ---- lifecycle
 
@@ -357,6 +370,7 @@ class CcxtExchange:
             await self.close()
             raise ExchangeUnsupported(f"exchange {self.name!r} cannot be set up: {classify(exc)}") from exc
         self._pro.ohlcv_frame_error = self._on_frame_error
+        self._pro.ohlcv_disconnect = self._on_disconnect
         self._pro.kline_closed = self._kline_closed
         self.log.debug("ccxt clients created", simulator=redact_url(self.simulator or ""),
                        rate_limit=self.config.get("enableRateLimit"))
@@ -369,6 +383,7 @@ class CcxtExchange:
         """Close the websocket client, then the REST client. Safe to call twice."""
         pro, rest = self._pro, self._rest
         self._pro = self._rest = None
+        self._closing = True
         for client in (pro, rest):
             if client is None:
                 continue
@@ -508,12 +523,25 @@ class CcxtExchange:
         self._bad_data(exc)
         client.reject(ccxt.BadResponse(f"malformed frame from {self.name}: {_one_line(str(exc), 120)}"))
 
-    def _check_frames(self, kind: str) -> None:
-        """Raise TransientError once per kind of watch after malformed frames it has not seen."""
+    def _on_disconnect(self, error: Any) -> None:
+        if self._closing:
+            return
+        self.disconnects += 1
+        self.log.info("websocket disconnected", error=_one_line(str(error), 200), disconnects=self.disconnects)
+
+    def _events(self) -> int:
+        return self.malformed_frames + self.disconnects
+
+    def _check_events(self, kind: str) -> None:
+        """Raise TransientError once per kind of watch after malformed frames or disconnects it has not
+        been told about (they may have happened while nobody was awaiting a watch)."""
         seen = self._frame_seen.get(kind, 0)
-        if self.malformed_frames > seen:
-            self._frame_seen[kind] = self.malformed_frames
-            raise TransientError(f"{self.name}: {self.malformed_frames - seen} malformed frame(s) received")
+        if self._events() > seen:
+            self._frame_seen[kind] = self._events()
+            raise TransientError(
+                f"{self.name}: live stream interrupted ({self.malformed_frames} malformed frame(s), "
+                f"{self.disconnects} disconnect(s) so far)"
+            )
 
     def _sink(self, symbol: str) -> Callable[[dict[str, Any]], None]:
         pending = self._pending
@@ -555,7 +583,7 @@ class CcxtExchange:
             dropped, self._overflowed = self._overflowed, 0
             self._pending.clear()
             raise TransientError(f"{self.name}: live trade buffer overflowed, {dropped} trade(s) dropped")
-        self._check_frames("trades")
+        self._check_events("trades")
         if not self._pending or wanted != self._watched:
             _, pro = self._clients()
             self._tap(sorted(wanted))
@@ -564,7 +592,7 @@ class CcxtExchange:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._frame_seen["trades"] = self.malformed_frames
+                self._frame_seen["trades"] = self._events()
                 raise classify(exc) from exc
             self._watched = wanted
         out = list(self._pending)
@@ -582,7 +610,7 @@ class CcxtExchange:
         state = self._ohlcv.setdefault(symbol, _OhlcvState())
         kind = f"ohlcv:{symbol}"
         try:
-            self._check_frames(kind)
+            self._check_events(kind)
         except TransientError:
             state.open = None
             raise
@@ -595,7 +623,7 @@ class CcxtExchange:
             raise
         except Exception as exc:
             state.open = None  # it may have missed updates: never finalise it from the stream
-            self._frame_seen[kind] = self.malformed_frames
+            self._frame_seen[kind] = self._events()
             raise classify(exc) from exc
         return out
 

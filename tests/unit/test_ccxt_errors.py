@@ -189,10 +189,10 @@ async def test_frame_guard_keeps_ccxt_reading_and_reports_once() -> None:
         with pytest.raises(ccxt.BadResponse):
             await asyncio.wait_for(fut, 1)
         with pytest.raises(TransientError, match="malformed"):
-            ex._check_frames("trades")
-        ex._check_frames("trades")  # reported once per kind
+            ex._check_events("trades")
+        ex._check_events("trades")  # reported once per kind
         with pytest.raises(TransientError):
-            ex._check_frames("ohlcv:BTC/USD")
+            ex._check_events("ohlcv:BTC/USD")
 
 
 async def test_binance_kline_closed_flag_is_captured() -> None:
