@@ -38,6 +38,10 @@ class Backend:
 
     def sql(self, statement: str, *args: Any) -> list[tuple[Any, ...]]:
         """Run one statement with the engine's own driver (``?`` placeholders); return the rows."""
+        return asyncio.run(self.asql(statement, *args))
+
+    async def asql(self, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+        """``sql`` for async tests."""
         if self.kind == "sqlite":
             assert self.sqlite_path is not None
             conn = sqlite3.connect(self.sqlite_path, isolation_level=None)
@@ -47,15 +51,11 @@ class Backend:
                 conn.close()
         counter = iter(range(1, 100))
         pg_sql = re.sub(r"\?", lambda _m: f"${next(counter)}", statement)
-
-        async def go() -> list[tuple[Any, ...]]:
-            conn = await asyncpg.connect(self.pg_url)
-            try:
-                return [tuple(r) for r in await conn.fetch(pg_sql, *args)]
-            finally:
-                await conn.close()
-
-        return asyncio.run(go())
+        pg = await asyncpg.connect(self.pg_url)
+        try:
+            return [tuple(r) for r in await pg.fetch(pg_sql, *args)]
+        finally:
+            await pg.close()
 
     def subprocess_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in STORE_VARS}
