@@ -123,6 +123,11 @@ class SyncSqliteProcessCache:
             except sqlite3.Error as exc:
                 raise PermanentError(f"SQLite cache {self.path}: {exc}") from None
 
+    def open(self) -> None:
+        """Connect now (otherwise the first call does); raises StoreUnavailable."""
+        with self._lock:
+            self._connection()
+
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
@@ -264,7 +269,7 @@ class SqliteProcessCache:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def __aenter__(self) -> SqliteProcessCache:
-        await self._run(self.sync._connection)
+        await self._run(self.sync.open)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
