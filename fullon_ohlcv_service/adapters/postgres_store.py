@@ -140,6 +140,9 @@ class PostgresOhlcvStore:
             raise StoreUnavailable(
                 f"PostgreSQL store {self._where}: {type(exc).__name__}: {_clean(exc, self._url)}"
             ) from exc
+        except asyncpg.PostgresError as exc:
+            # constraint or data errors: the same batch would fail again
+            raise PermanentError(f"PostgreSQL store {self._where}: {type(exc).__name__}: {exc}") from exc
 
     # ---- schema ----------------------------------------------------------------------------
     async def init_symbol(self, symbol: str) -> None:
@@ -260,6 +263,8 @@ class PostgresOhlcvStore:
             raise StoreUnavailable(
                 f"PostgreSQL store {self._where}: {type(exc).__name__}: {_clean(exc, self._url)}"
             ) from exc
+        except asyncpg.PostgresError as exc:
+            raise PermanentError(f"PostgreSQL store {self._where}: {type(exc).__name__}: {exc}") from exc
 
     # ---- candles ---------------------------------------------------------------------------
     async def save_candles(self, symbol: str, candles: Sequence[Candle]) -> int:

@@ -193,9 +193,11 @@ class SqliteOhlcvStore:
         if not trades:
             return 0
         n = self._n(symbol)
+        # ON CONFLICT (trade_id) DO NOTHING, not INSERT OR IGNORE: OR IGNORE would also silently
+        # skip rows that break NOT NULL; this skips only duplicates and fails the batch otherwise.
         sql = (
-            f"INSERT OR IGNORE INTO {n.trades} (timestamp, price, volume, side, type, trade_id)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO {n.trades} (timestamp, price, volume, side, type, trade_id)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (trade_id) DO NOTHING"
         )
         rows = [(t.ts, t.price, t.amount, t.side, t.type, t.id) for t in trades]
 
