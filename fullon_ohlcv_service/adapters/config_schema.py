@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -190,11 +191,13 @@ class ConfigConnection:
     async def transaction(self) -> AsyncIterator[None]:
         """One write transaction (SQLite: BEGIN IMMEDIATE, so concurrent writers queue)."""
         if self._sqlite is not None:
+            conn = self._sqlite
             await self.execute("BEGIN IMMEDIATE")
             try:
                 yield
             except BaseException:
-                await self.execute("ROLLBACK")
+                if conn.in_transaction:  # some errors already rolled back; the original error is what counts
+                    await asyncio.to_thread(conn.rollback)
                 raise
             await self.execute("COMMIT")
             return
@@ -205,7 +208,9 @@ class ConfigConnection:
         try:
             yield
         except BaseException:
-            await tr.rollback()
+            # On a dead connection the rollback fails too: the original error is the one to report.
+            with contextlib.suppress(OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+                await tr.rollback()
             raise
         await self._pg_call(tr.commit)
 

@@ -308,3 +308,13 @@ def test_init_keeps_a_pre_existing_fullon_database(backend: Backend, capsys):
     assert ex["params"] == {"rate_limit": "5"}
     assert [(s["symbol"], s["backtest"], s["decimals"]) for s in ex["symbols"]] == [("BTC/USD", 10, 1),
                                                                                     ("ETH/USD", 3, 8)]
+
+
+def test_sqlite_path_that_cannot_be_created_is_store_unavailable(monkeypatch, capsys, tmp_path):
+    for var in STORE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    blocker = tmp_path / "plainfile"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("OHLCV_CONFIG_DB", f"sqlite://{blocker}/sub/config.sqlite")
+    msg = refused(capsys, "init")
+    assert msg.startswith(f"ohlcv-config: error: config database sqlite://{blocker}/sub/config.sqlite unavailable")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fullon_ohlcv_service import log
-from fullon_ohlcv_service.adapters.sql_config import ConfigDB, SqlConfigSource, open_config_source
+from fullon_ohlcv_service.adapters.sql_config import ConfigDB, InputRefused, SqlConfigSource, open_config_source
 from fullon_ohlcv_service.errors import ConfigError
 from fullon_ohlcv_service.models import ExchangeSpec, SymbolSpec
 from fullon_ohlcv_service.ports import ConfigSource
@@ -151,3 +151,15 @@ async def test_missing_database_or_tables_is_a_config_error(settings: Settings, 
             await src.load_exchanges(None)
     if backend.kind == "sqlite":
         assert backend.sqlite_path is not None and not backend.sqlite_path.exists()
+
+
+async def test_a_refused_change_rolls_back_and_the_connection_stays_usable(settings: Settings, backend: Backend):
+    await seed(settings, backend)
+    async with ConfigDB(settings) as db:
+        with pytest.raises(InputRefused, match="already configured"):
+            await db.add_symbol("kraken", "btc/usd")
+        with pytest.raises(ConfigError, match="add-exchange bybit"):
+            await db.add_symbol("bybit", "BTC/USD")
+        await db.add_symbol("kraken", "SOL/USD", backtest=1)
+        (kraken,) = await db.load_exchanges(["kraken"])
+    assert [s.symbol for s in kraken.symbols] == ["BTC/USD", "ETH/USD", "SOL/USD"]
