@@ -1,0 +1,93 @@
+"""``ohlcv-simulator``: serve the simulated exchanges, print one JSON start-up line, stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+from fullon_ohlcv_service import log
+from fullon_ohlcv_service.errors import EXIT_OK, ConfigError
+from fullon_ohlcv_service.simulator.faults import parse_fault_flag
+from fullon_ohlcv_service.simulator.market import SymbolConfig
+from fullon_ohlcv_service.simulator.server import VENUES, Simulator, parse_symbol_spec
+
+
+def parse_symbols(text: str, exchanges: list[str], rate: float) -> dict[str, list[SymbolConfig]]:
+    """``kraken:BTC/USD,ETH/USD@0.5;binance:BTC/USDT@20`` -> {exchange: [SymbolConfig, ...]}."""
+    out: dict[str, list[SymbolConfig]] = {}
+    for group in text.split(";"):
+        group = group.strip()
+        if not group:
+            continue
+        name, sep, items = group.partition(":")
+        if not sep:
+            if len(exchanges) != 1:
+                raise ConfigError(f"--symbols group {group!r} needs an 'exchange:' prefix")
+            name, items = exchanges[0], group
+        name = name.strip()
+        if name not in exchanges:
+            raise ConfigError(f"--symbols names exchange {name!r}, which is not in --exchanges")
+        out[name] = [parse_symbol_spec(s, rate) for s in items.split(",") if s.strip()]
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ohlcv-simulator",
+                                description="Kraken and Binance spot wire formats on loopback, with faults.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (0 = a free one)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--exchanges", default=",".join(VENUES), help="comma list (default: kraken,binance)")
+    p.add_argument("--symbols", default="",
+                   help="e.g. 'kraken:BTC/USD@20,ETH/USD@0.5;binance:BTC/USDT' (@rate = trades/s)")
+    p.add_argument("--rate", type=float, default=5.0, help="default average trades/s per symbol")
+    p.add_argument("--history-days", type=float, default=1.0, help="days of history before start-up")
+    p.add_argument("--fault", action="append", default=[],
+                   help="fault at start, e.g. 'rest_429=3', 'ws_drop_every_s=10,exchange=kraken' (repeatable)")
+    p.add_argument("--burst", action="store_true", help="stream trades as fast as sockets take them")
+    p.add_argument("--tick-ms", type=int, default=50, help="live push interval")
+    p.add_argument("--ping-interval", type=float, default=20.0, help="Binance server ping interval, seconds")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+async def serve(sim: Simulator, out: Any = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with sim:
+        stream = out or sys.stdout
+        stream.write(json.dumps(sim.startup_line(), separators=(",", ":")) + "\n")
+        stream.flush()
+        await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log.configure(level=args.log_level.upper())
+    exchanges = [e.strip() for e in args.exchanges.split(",") if e.strip()]
+    for name in exchanges:
+        if name not in VENUES:
+            raise ConfigError(f"the simulator has no exchange {name!r} (it has: {', '.join(VENUES)})")
+    if args.port < 0 or args.port > 65535:
+        raise ConfigError(f"--port {args.port} is out of range")
+    if args.history_days < 0:
+        raise ConfigError("--history-days must be >= 0")
+    symbols = parse_symbols(args.symbols, exchanges, args.rate)
+    faults = [parse_fault_flag(f) for f in args.fault]
+    sim = Simulator(seed=args.seed, symbols=symbols, rate=args.rate, history_days=args.history_days,
+                    host=args.host, port=args.port, exchanges=exchanges, faults=faults, burst=args.burst,
+                    tick_s=args.tick_ms / 1000, ping_interval_s=args.ping_interval)
+    asyncio.run(serve(sim))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Kraken's wire formats as ccxt uses them: REST Assets/AssetPairs/OHLC/Trades and websocket v2 trade/ohlc."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from fullon_ohlcv_service.simulator.market import BUCKET_MS, CandleText, Market, SimTrade
+from fullon_ohlcv_service.simulator.venue import TradeCursor, Venue, WsSession, chunks, dumps, json_response
+
+OHLC_MAX_BARS = 720
+TRADES_MAX = 1000
+SNAPSHOT_TRADES = 50
+SNAPSHOT_CANDLES = 10
+FRAME_TRADES = 1000  # trades per websocket update frame in burst mode
+_NS_THRESHOLD = 10**14  # a Kraken `since` above this is a nanosecond cursor, below it seconds
+
+# Kraken's legacy asset ids (X for crypto, Z for fiat) and its altnames (XBT for BTC)
+_LEGACY = {"BTC": ("XXBT", "XBT"), "ETH": ("XETH", "ETH"), "LTC": ("XLTC", "LTC"), "XRP": ("XXRP", "XRP"),
+           "XLM": ("XXLM", "XLM"), "DOGE": ("XXDG", "XDG"), "USD": ("ZUSD", "USD"), "EUR": ("ZEUR", "EUR"),
+           "GBP": ("ZGBP", "GBP"), "JPY": ("ZJPY", "JPY"), "CAD": ("ZCAD", "CAD")}
+
+
+def asset_id(code: str) -> str:
+    return _LEGACY.get(code, (code, code))[0]
+
+
+def asset_altname(code: str) -> str:
+    return _LEGACY.get(code, (code, code))[1]
+
+
+def pair_ids(symbol: str) -> tuple[str, str, str]:
+    """``BTC/USD`` -> (``XXBTZUSD``, altname ``XBTUSD``, wsname ``XBT/USD``)."""
+    base, quote = symbol.split("/")
+    alt = asset_altname(base) + asset_altname(quote)
+    legacy = base in _LEGACY and quote in _LEGACY and asset_id(base) != base and asset_id(quote) != quote
+    pid = asset_id(base) + asset_id(quote) if legacy else alt
+    return pid, alt, f"{asset_altname(base)}/{asset_altname(quote)}"
+
+
+_sec_cache: dict[int, str] = {}
+
+
+def iso_us(ts_ms: int) -> str:
+    """``2025-05-27T11:24:03.847000Z`` (Kraken v2 style, microseconds)."""
+    sec, ms = divmod(ts_ms, 1000)
+    head = _sec_cache.get(sec)
+    if head is None:
+        if len(_sec_cache) > 4096:
+            _sec_cache.clear()
+        head = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _sec_cache[sec] = head
+    return f"{head}.{ms:03d}000Z"
+
+
+def trade_time(ts_ms: int) -> float:
+    """REST trade time in seconds with a half-ms offset, so ccxt's int(float*1000) gives back ts_ms exactly."""
+    return float(f"{ts_ms // 1000}.{ts_ms % 1000:03d}5")
+
+
+def trade_ns(ts_ms: int) -> int:
+    return ts_ms * 1_000_000 + 500_000
+
+
+def ord_type(t: SimTrade) -> str:
+    return "limit" if t.id % 5 == 0 else "market"
+
+
+class Kraken(Venue):
+    """Kraken spot: REST under ``/kraken/<host>/0/public/...`` and websocket v2 under ``/kraken/<host>/v2``."""
+
+    name = "kraken"
+
+    def __init__(self, markets: dict[str, Market], **kwargs: Any) -> None:
+        super().__init__(markets, **kwargs)
+        self.by_pair: dict[str, Market] = {}
+        for symbol, m in markets.items():
+            pid, alt, _ws = pair_ids(symbol)
+            self.by_pair[pid] = m
+            self.by_pair[alt] = m
+        self._next_conn = 6447481662169813000
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/kraken/{host}/0/public/{method}", self.rest)
+        app.router.add_get("/kraken/{host}/v2", self.ws_handler)
+
+    # -- REST ------------------------------------------------------------------------------------------
+    def rate_limit_response(self, status: int) -> web.Response:
+        return json_response({"error": ["EAPI:Rate limit exceeded"]}, status=status, headers={"Retry-After": "1"})
+
+    @staticmethod
+    def error(msg: str) -> web.Response:
+        return json_response({"error": [msg]})
+
+    async def rest(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        gated = await self.rest_gate(request, method)
+        if gated is not None:
+            return gated
+        handler = {"Assets": self.assets, "AssetPairs": self.asset_pairs, "OHLC": self.ohlc,
+                   "Trades": self.trades, "Time": self.time, "SystemStatus": self.system_status}.get(method)
+        if handler is None:
+            return self.error("EGeneral:Unknown method")
+        try:
+            return handler(request)
+        except ValueError:
+            return self.error("EGeneral:Invalid arguments")
+
+    def time(self, request: web.Request) -> web.Response:
+        now = self.now()
+        return json_response({"error": [], "result": {
+            "unixtime": now // 1000, "rfc1123": time.strftime("%a, %d %b %y %H:%M:%S +0000", time.gmtime(now / 1000))}})
+
+    def system_status(self, request: web.Request) -> web.Response:
+        return json_response({"error": [], "result": {"status": "online",
+                                                       "timestamp": iso_us(self.now())[:19] + "Z"}})
+
+    def assets(self, request: web.Request) -> web.Response:
+        result: dict[str, Any] = {}
+        for m in self.markets.values():
+            base, quote = m.symbol.split("/")
+            for code, decimals in ((base, 10), (quote, 4 if asset_id(quote).startswith("Z") else 8)):
+                result[asset_id(code)] = {"aclass": "currency", "altname": asset_altname(code),
+                                          "decimals": decimals, "display_decimals": min(decimals, 5),
+                                          "status": "enabled"}
+        return json_response({"error": [], "result": result})
+
+    def asset_pairs(self, request: web.Request) -> web.Response:
+        wanted = request.query.get("pair")
+        result: dict[str, Any] = {}
+        for m in self.markets.values():
+            pid, alt, wsname = pair_ids(m.symbol)
+            if wanted and not ({pid, alt} & set(wanted.split(","))):
+                continue
+            base, quote = m.symbol.split("/")
+            result[pid] = {
+                "altname": alt, "wsname": wsname, "aclass_base": "currency", "base": asset_id(base),
+                "aclass_quote": "currency", "quote": asset_id(quote), "lot": "unit",
+                "cost_decimals": 5, "pair_decimals": m.config.price_decimals,
+                "lot_decimals": m.config.amount_decimals, "lot_multiplier": 1,
+                "leverage_buy": [], "leverage_sell": [],
+                "fees": [[0, 0.26], [50000, 0.24]], "fees_maker": [[0, 0.16], [50000, 0.14]],
+                "fee_volume_currency": "ZUSD", "margin_call": 80, "margin_stop": 40,
+                "ordermin": "0.0001", "costmin": "0.5", "tick_size": f"{10.0 ** -m.config.price_decimals:.10f}",
+                "status": "online",
+            }
+        if wanted and not result:
+            return self.error("EQuery:Unknown asset pair")
+        return json_response({"error": [], "result": result})
+
+    def _market(self, request: web.Request) -> tuple[str, Market] | None:
+        pair = request.query.get("pair", "")
+        m = self.by_pair.get(pair)
+        if m is None:
+            return None
+        return pair_ids(m.symbol)[0], m
+
+    def ohlc(self, request: web.Request) -> web.Response:
+        found = self._market(request)
+        if found is None:
+            return self.error("EQuery:Unknown asset pair")
+        pid, m = found
+        interval = int(request.query.get("interval", "1"))
+        if interval != 1:
+            return self.error("EQuery:Invalid arguments:interval")
+        now = self.now()
+        current = now - now % BUCKET_MS
+        first = current - (OHLC_MAX_BARS - 1) * BUCKET_MS
+        since_q = request.query.get("since")
+        if since_q is not None:
+            since_ms = int(float(since_q)) * 1000 + 1  # bars strictly after `since`
+            first = max(first, since_ms)
+        rows = [self._ohlc_row(c) for c in m.candles(first, current + BUCKET_MS, now=now)]
+        last = (current - BUCKET_MS) // 1000
+        return json_response({"error": [], "result": {pid: rows, "last": last}})
+
+    @staticmethod
+    def _ohlc_row(c: CandleText) -> list[Any]:
+        return [c.ts // 1000, c.open, c.high, c.low, c.close, c.vwap, c.volume, c.count]
+
+    def trades(self, request: web.Request) -> web.Response:
+        found = self._market(request)
+        if found is None:
+            return self.error("EQuery:Unknown asset pair")
+        pid, m = found
+        count = min(TRADES_MAX, max(1, int(request.query.get("count", str(TRADES_MAX)))))
+        now = self.now()
+        since_q = request.query.get("since")
+        out: list[SimTrade] = []
+        if since_q is None or since_q == "":
+            out = m.latest_trades(now, count)
+            cursor = trade_ns(out[-1].ts) if out else now * 1_000_000
+        else:
+            since = int(since_q)
+            if since < _NS_THRESHOLD:
+                start = since * 1000
+                cursor = since * 1_000_000_000
+            else:
+                start = (since - 500_000) // 1_000_000 + 1
+                cursor = since
+            for t in m.iter_trades(start, now + 1):
+                out.append(t)
+                if len(out) >= count:
+                    break
+            if out:
+                cursor = trade_ns(out[-1].ts)
+        rows = [[t.price, t.amount, trade_time(t.ts), "b" if t.buy else "s", "l" if ord_type(t) == "limit" else "m",
+                 "", t.id] for t in out]
+        return json_response({"error": [], "result": {pid: rows, "last": str(cursor)}})
+
+    # -- websocket v2 ----------------------------------------------------------------------------------
+    def malformed_frames(self) -> list[str]:
+        """Frames ccxt must survive: not JSON, unknown channel, missing fields, wrong types."""
+        return [
+            "<html><body>502 Bad Gateway</body></html>",
+            dumps({"channel": "nonsense", "type": "update", "data": [{"x": 1}]}),
+            dumps({"channel": "heartbeat", "type": "update"}),
+            dumps({"method": "pong", "req_id": "not-a-number", "success": "yes"}),
+            dumps({"channel": "status", "type": "update", "data": "online"}),
+        ]
+
+    async def on_ws_open(self, session: WsSession) -> None:
+        self._next_conn += 1
+        await session.send({"channel": "status", "type": "update", "data": [
+            {"version": "2.0.10", "system": "online", "api_version": "v2", "connection_id": self._next_conn}]})
+
+    def _stamp(self) -> str:
+        return iso_us(self.now())
+
+    async def on_ws_message(self, session: WsSession, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            return
+        method = msg.get("method")
+        req_id = msg.get("req_id")
+        if method == "ping":
+            if self.faults.stalled():
+                return
+            reply: dict[str, Any] = {"method": "pong", "time_in": self._stamp(), "time_out": self._stamp()}
+            if req_id is not None:
+                reply["req_id"] = req_id
+            await session.send(reply)
+            return
+        if method not in ("subscribe", "unsubscribe"):
+            await session.send({"error": f"Unsupported method {method!r}", "method": method, "success": False,
+                                "req_id": req_id, "time_in": self._stamp(), "time_out": self._stamp()})
+            return
+        params = msg.get("params") or {}
+        channel = params.get("channel")
+        symbols = params.get("symbol") or []
+        if channel not in ("trade", "ohlc") or not isinstance(symbols, list):
+            await session.send({"error": "Subscription name invalid", "method": method, "success": False,
+                                "req_id": req_id, "time_in": self._stamp(), "time_out": self._stamp()})
+            return
+        interval = params.get("interval", 1)
+        for symbol in symbols:
+            m = self.market_for(symbol) if isinstance(symbol, str) else None
+            result: dict[str, Any] = {"channel": channel, "symbol": symbol}
+            if channel == "ohlc":
+                result["interval"] = interval
+            if m is None or (channel == "ohlc" and interval != 1):
+                err = (f"Currency pair not supported {symbol}" if m is None
+                       else "Subscription ohlc interval not supported")
+                await session.send({"error": err, "method": method, "req_id": req_id, "success": False,
+                                    "symbol": symbol, "time_in": self._stamp(), "time_out": self._stamp()})
+                continue
+            key = f"{channel}:{symbol}"
+            async with session.lock:
+                if method == "unsubscribe":
+                    self.unsubscribed(session, key)
+                    await session.send({"method": method, "req_id": req_id, "result": result, "success": True,
+                                        "time_in": self._stamp(), "time_out": self._stamp()})
+                    continue
+                if channel == "trade":
+                    result["snapshot"] = params.get("snapshot", True)
+                await session.send({"method": method, "req_id": req_id, "result": result, "success": True,
+                                    "time_in": self._stamp(), "time_out": self._stamp()})
+                if key in session.subs:
+                    continue
+                if channel == "trade":
+                    await self._subscribe_trades(session, key, m, bool(params.get("snapshot", True)))
+                else:
+                    await self._subscribe_ohlc(session, key, m, bool(params.get("snapshot", True)))
+
+    async def _subscribe_trades(self, session: WsSession, key: str, m: Market, snapshot: bool) -> None:
+        now = self.now()
+        cursor = TradeCursor(m, now, self.burst)
+        if snapshot and not self.burst:
+            recent = m.latest_trades(now, SNAPSHOT_TRADES)
+            if recent:
+                await session.send_text(self._trade_frame(m.symbol, recent, "snapshot"))
+                cursor.recent.extend(recent)
+        self.subscribed(session, key, cursor)
+
+    async def _subscribe_ohlc(self, session: WsSession, key: str, m: Market, snapshot: bool) -> None:
+        now = self.now()
+        cursor = TradeCursor(m, now, self.burst)
+        if snapshot and not self.burst:
+            current = now - now % BUCKET_MS
+            candles = m.candles(current - (SNAPSHOT_CANDLES - 1) * BUCKET_MS, current + BUCKET_MS, now=now)
+            if candles:
+                await session.send({"channel": "ohlc", "type": "snapshot", "timestamp": iso_us(now),
+                                    "data": [self._candle_item(m.symbol, c) for c in candles]})
+        self.subscribed(session, key, cursor)
+
+    def _trade_frame(self, symbol: str, trades: list[SimTrade], kind: str = "update") -> str:
+        return dumps({"channel": "trade", "type": kind, "data": [
+            {"symbol": symbol, "side": "buy" if t.buy else "sell", "price": float(t.price), "qty": float(t.amount),
+             "ord_type": ord_type(t), "trade_id": t.id, "timestamp": iso_us(t.ts)} for t in trades]})
+
+    @staticmethod
+    def _candle_item(symbol: str, c: CandleText) -> dict[str, Any]:
+        return {"symbol": symbol, "open": float(c.open), "high": float(c.high), "low": float(c.low),
+                "close": float(c.close), "trades": c.count, "volume": float(c.volume), "vwap": float(c.vwap),
+                "interval_begin": iso_us(c.ts), "interval": 1, "timestamp": iso_us(c.ts + BUCKET_MS)}
+
+    async def pump(self, session: WsSession) -> None:
+        now = self.now()
+        for key, cursor in list(session.subs.items()):
+            assert isinstance(cursor, TradeCursor)
+            trades = cursor.advance(now)
+            if key.startswith("trade:"):
+                if not trades:
+                    continue
+                trades = cursor.with_duplicates(trades, self.faults)
+                for part in chunks(trades, FRAME_TRADES):
+                    await session.send_text(self._trade_frame(cursor.market.symbol, part))
+                    self.stats.trades_sent += len(part)
+            elif trades:
+                # the forming candle after the last trade of each minute touched in this tick
+                last_by_minute: dict[int, int] = {}
+                for t in trades:
+                    last_by_minute[t.ts - t.ts % BUCKET_MS] = t.ts
+                items = []
+                for minute, upto in last_by_minute.items():
+                    c = cursor.market.candle(minute, upto)
+                    if c is not None:
+                        items.append(self._candle_item(cursor.market.symbol, c))
+                if items:
+                    await session.send({"channel": "ohlc", "type": "update", "timestamp": iso_us(now),
+                                        "data": items})
