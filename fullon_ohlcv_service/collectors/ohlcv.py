@@ -1,0 +1,153 @@
+"""1m candles from the exchange's REST OHLC: backfill as deep as served, reconciliation, and gap repair."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from fullon_ohlcv_service.collectors.backfill import Cursor, page_candles, page_trades
+from fullon_ohlcv_service.collectors.candles import candles_from_trades
+from fullon_ohlcv_service.collectors.trades import SymbolRun, TradeCollector
+from fullon_ohlcv_service.errors import PermanentError
+from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.timeutil import MINUTE_MS, now_ms
+
+REPAIR_CHUNK_MS = 60 * MINUTE_MS
+
+
+def same_candle(a: Candle, b: Candle) -> bool:
+    """Equal OHLCV (floats compared to 1e-9 relative: sums may differ in the last bit)."""
+    return a.ts == b.ts and all(
+        math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+        for x, y in ((a.open, b.open), (a.high, b.high), (a.low, b.low), (a.close, b.close), (a.volume, b.volume))
+    )
+
+
+class CandleCollector:
+    """REST candles next to the trade-built ones.
+
+    Plan (documented in docs): every final 1m candle is built from the complete trade stream
+    (trades.py), which equals the exchange's candle by construction. The exchange's REST OHLC is
+    used (1) to backfill candles as deep as it serves them (Kraken ~720 bars: older minutes come
+    from the trades only), (2) to reconcile the last few final candles periodically: a difference
+    means trades were missed mid-stream, so that minute's trades are re-fetched over REST and the
+    exchange's candle is written, and (3) ``candle_gaps`` is checked periodically and each gap is
+    repaired from REST trades (trades, candles, and the coverage record for the range).
+    """
+
+    def __init__(
+        self,
+        trades: TradeCollector,
+        *,
+        reconcile_every: float = 60.0,
+        reconcile_minutes: int = 5,
+        gap_every: float = 60.0,
+        max_repairs: int = 30,
+    ) -> None:
+        self.t = trades
+        self.client = trades.client
+        self.store = trades.store
+        self.writer = trades.writer
+        self.log = trades.log
+        self.reconcile_every = reconcile_every
+        self.reconcile_minutes = reconcile_minutes
+        self.gap_every = gap_every
+        self.max_repairs = max_repairs
+        self.gaps_repaired = 0
+        self.mismatches = 0
+        self.rest_candles = 0
+
+    async def backfill(self, symbol: str) -> None:
+        """Write the exchange's REST candles from the history start (or as deep as served) to now."""
+        run = self.t.runs[symbol]
+        if run.error is not None:
+            return
+        since = run.history_start
+        depth = self.client.ohlcv_depth
+        if depth is not None:
+            since = max(since, now_ms() - (depth - 1) * MINUTE_MS)
+        since -= since % MINUTE_MS
+
+        async def on_page(candles: list[Candle]) -> None:
+            self.rest_candles += len(candles)
+            await self.writer.put_candles(symbol, candles)
+
+        try:
+            n = await page_candles(self.client, symbol, since, now_ms(), on_page, retry=self.t.retry)
+        except PermanentError as exc:
+            self.log.warning("REST candles unavailable", symbol=symbol, error=str(exc))
+            return
+        self.log.info("REST candle backfill done", symbol=symbol, candles=n)
+
+    async def reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_every)
+            for run in list(self.t.runs.values()):
+                if run.error is None and run.synced:
+                    await self.reconcile(run)
+
+    async def reconcile(self, run: SymbolRun) -> int:
+        """Compare the last few final candles with the exchange's; repair the minutes that differ."""
+        final_to = run.builder.final_to
+        if final_to is None:
+            return 0
+        since = final_to - self.reconcile_minutes * MINUTE_MS
+        rest = await self.t.retry.call(lambda: self.client.fetch_ohlcv(run.symbol, since, None))
+        fixed = 0
+        for c in rest:
+            if not c.final or c.ts < since or c.ts + MINUTE_MS > final_to:
+                continue
+            ours = run.builder.candle(c.ts)
+            if ours is not None and same_candle(ours, c):
+                continue
+            if ours is None and not run.builder.holds(c.ts) and run.cov_to is not None and c.ts >= run.cov_to:
+                continue
+            self.mismatches += 1
+            self.log.warning("candle differs from the exchange; repairing its trades", symbol=run.symbol, ts=c.ts)
+            await self.repair(run, c.ts, c.ts + MINUTE_MS)
+            await self.writer.put_candles(run.symbol, [c])
+            fixed += 1
+        return fixed
+
+    async def gap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.gap_every)
+            await self.check_gaps()
+
+    async def check_gaps(self) -> int:
+        """Repair the committed history's candle gaps (minutes with no candle and no coverage)."""
+        repaired = 0
+        for run in list(self.t.runs.values()):
+            if run.error is not None or not run.ever_synced:
+                continue
+            until = self.writer.stats_for(run.symbol).coverage_to
+            if until is None:
+                continue
+            gaps = await self.store.candle_gaps(run.symbol, run.history_start, until)
+            for a, b in gaps:
+                while a < b and repaired < self.max_repairs:
+                    end = min(b, a + REPAIR_CHUNK_MS)
+                    await self.repair(run, a, end)
+                    repaired += 1
+                    a = end
+        return repaired
+
+    async def repair(self, run: SymbolRun, a: int, b: int) -> None:
+        """Fetch [a, b)'s trades over REST; store them, their candles and (if complete) the coverage."""
+        got: list[Trade] = []
+
+        async def on_page(trades: list[Trade], watermark: int) -> None:
+            got.extend(t for t in trades if a <= t.ts < b)
+
+        res = await page_trades(self.client, run.symbol, Cursor(a - 1), lambda: b - 1, on_page, retry=self.t.retry)
+        complete = res.reached or (res.watermark is not None and res.watermark >= b)
+        await self.writer.put_trades(run.symbol, got)
+        for t in got:
+            run.recent.add(t)
+        await self.writer.put_candles(run.symbol, candles_from_trades(got))
+        for m in range(a - a % MINUTE_MS, b, MINUTE_MS):
+            if run.builder.holds(m):
+                run.builder.reset_minute(m, (t for t in got if m <= t.ts < m + MINUTE_MS))
+        if complete:
+            await self.writer.put_coverage(run.symbol, a, b)
+        self.gaps_repaired += 1

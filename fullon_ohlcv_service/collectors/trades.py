@@ -1,0 +1,382 @@
+"""Trade collection for one exchange: websocket first, REST catch-up to the live stream, dedup, candles from trades."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fullon_ohlcv_service.collectors.backfill import Cursor, Retry, page_trades
+from fullon_ohlcv_service.collectors.candles import CandleBuilder, candles_from_trades
+from fullon_ohlcv_service.collectors.writer import BatchWriter
+from fullon_ohlcv_service.errors import PermanentError, TransientError
+from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.models import SymbolSpec, Trade
+from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore
+from fullon_ohlcv_service.timeutil import MINUTE_MS, floor_minute, now_ms
+
+DAY_MS = 86_400_000
+
+
+@dataclass(slots=True)
+class SilencePolicy:
+    """How long a symbol may be quiet before a REST catch-up: ``factor`` x its mean trade gap, clamped."""
+
+    factor: float = 10.0
+    min_s: float = 3.0
+    max_s: float = 300.0
+
+    def threshold(self, mean_gap_s: float | None) -> float:
+        if mean_gap_s is None:
+            return self.max_s
+        return min(self.max_s, max(self.min_s, self.factor * mean_gap_s))
+
+
+class RecentIds:
+    """The ids of the last ``size`` trades taken, and the newest time among the ids forgotten."""
+
+    __slots__ = ("_ids", "_order", "floor", "size")
+
+    def __init__(self, size: int, floor: int) -> None:
+        self.size = size
+        self._ids: set[str] = set()
+        self._order: deque[tuple[str, int]] = deque()
+        self.floor = floor  # a trade at or before this time may be a forgotten duplicate
+
+    def __contains__(self, tid: str) -> bool:
+        return tid in self._ids
+
+    def add(self, t: Trade) -> None:
+        self._ids.add(t.id)
+        self._order.append((t.id, t.ts))
+        while len(self._order) > self.size:
+            old, ts = self._order.popleft()
+            self._ids.discard(old)
+            if ts > self.floor:
+                self.floor = ts
+
+
+@dataclass
+class SymbolRun:
+    """Collection state of one symbol."""
+
+    spec: SymbolSpec
+    history_start: int
+    cursor: Cursor
+    recent: RecentIds
+    builder: CandleBuilder = field(default_factory=CandleBuilder)
+    synced: bool = False
+    ever_synced: bool = False
+    live_buf: list[Trade] = field(default_factory=list)
+    need_sync: asyncio.Event = field(default_factory=asyncio.Event)
+    error: str | None = None
+    backfill_pct: float = 0.0
+    cov_to: int | None = None
+    stale: set[int] = field(default_factory=set)
+    mean_gap_s: float | None = None
+    last_live_mono: float = field(default_factory=time.monotonic)
+    last_live_ts: int | None = None
+    syncs: int = 0
+
+    @property
+    def symbol(self) -> str:
+        return self.spec.symbol
+
+    def unsync(self) -> None:
+        if self.synced:
+            self.synced = False
+        self.need_sync.set()
+
+
+class TradeCollector:
+    """Collect every trade of an exchange's symbols with no hole between history and the live stream.
+
+    The websocket is read first; a symbol's live trades are buffered while its REST catch-up runs
+    from the last stored (ts, id) until a page goes past the first buffered live trade, then the
+    buffer is merged (dedup on trade id) and the symbol is *synced*. A reconnect, a silence longer
+    than the symbol's normal activity warrants, or a stall of our own reading (backpressure) makes
+    it unsynced again. Candles are built from the deduplicated trade stream (see candles.py) and
+    become final when the stream is proven complete past their minute: by REST pages while
+    catching up, by the clock (minus ``live_lag_ms``) while synced and connected.
+    """
+
+    def __init__(
+        self,
+        client: ExchangeClient,
+        store: OhlcvStore,
+        writer: BatchWriter,
+        symbols: Sequence[SymbolSpec],
+        *,
+        log: Log,
+        silence: SilencePolicy | None = None,
+        live_lag_ms: int = 2000,
+        recent_size: int = 20_000,
+        live_buffer_max: int = 200_000,
+        page_limit: int | None = None,
+        backpressure_s: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.writer = writer
+        self.specs = list(symbols)
+        self.log = log
+        self.silence = silence or SilencePolicy()
+        self.live_lag_ms = live_lag_ms
+        self.recent_size = recent_size
+        self.live_buffer_max = live_buffer_max
+        self.page_limit = page_limit
+        self.backpressure_s = backpressure_s
+        self.runs: dict[str, SymbolRun] = {}
+        self.retry = Retry()
+        self.reconnects = 0
+        self.live_trades = 0
+        self.connected = False
+        self.errors = 0
+
+    # ---- start ------------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Read each symbol's resume point from the store (no exchange I/O)."""
+        for spec in self.specs:
+            await self.store.init_symbol(spec.symbol)
+            start = floor_minute(now_ms() - spec.backtest_days * DAY_MS)
+            latest = await self.store.latest_trade(spec.symbol)
+            builder = CandleBuilder()
+            if latest is None:
+                cursor = Cursor(start - 1)
+                recent = RecentIds(self.recent_size, start - 1)
+                cov_from = start
+            else:
+                ts = latest[0]
+                minute = floor_minute(ts)
+                seed = [t async for t in self.store.iter_trades(spec.symbol, minute, ts + 1)]
+                cursor = Cursor(ts, {t.id for t in seed if t.ts == ts} | {latest[1]})
+                recent = RecentIds(self.recent_size, ts - 1)
+                for t in seed:
+                    if t.ts == ts:
+                        recent.add(t)
+                builder.seed(seed)
+                cov_from = minute
+                start = min(start, minute)
+            run = SymbolRun(spec, start, cursor, recent, builder)
+            run.cov_to = cov_from
+            run.need_sync.set()
+            self.runs[spec.symbol] = run
+
+    def active(self) -> list[str]:
+        return [s for s, r in self.runs.items() if r.error is None]
+
+    # ---- live ---------------------------------------------------------------------------------
+    async def live_loop(self) -> None:
+        """Read the websocket forever; a dropped socket is a reconnect, followed by catch-ups."""
+        delay = 0.25
+        while True:
+            symbols = self.active()
+            if not symbols:
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                batch = await self.client.watch_trades(symbols)
+            except TransientError as exc:
+                self.reconnects += 1
+                self._all_unsynced()
+                self.connected = False
+                self.log.warning("websocket lost; reconnecting", error=str(exc), reconnects=self.reconnects)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            except PermanentError as exc:
+                self._fail_from_ws(exc, symbols)
+                continue
+            if not self.connected:
+                self.connected = True
+            delay = 0.25
+            waited = await self.on_live(batch)
+            if waited > self.backpressure_s:
+                # ccxt keeps only the newest trades while we were not reading: catch up from REST
+                self.log.warning("backpressure stalled reading; catching up from REST", waited_s=round(waited, 2))
+                self._all_unsynced()
+
+    def _fail_from_ws(self, exc: PermanentError, symbols: list[str]) -> None:
+        # A permanent error naming one symbol parks that symbol; otherwise it is a collector failure.
+        text = str(exc)
+        named = [s for s in symbols if s in text]
+        if not named:
+            raise exc
+        for s in named:
+            self.runs[s].error = f"{type(exc).__name__}: {text}"
+            self.log.error("symbol failed permanently", symbol=s, error=text)
+
+    def _all_unsynced(self) -> None:
+        for r in self.runs.values():
+            if r.error is None:
+                r.unsync()
+
+    async def on_live(self, batch: Sequence[tuple[str, Trade]]) -> float:
+        """Route live trades: synced symbols store them, others buffer them. Returns backpressure wait."""
+        per: dict[str, list[Trade]] = {}
+        for symbol, t in batch:
+            per.setdefault(symbol, []).append(t)
+        waited = 0.0
+        mono = time.monotonic()
+        for symbol, trades in per.items():
+            run = self.runs.get(symbol)
+            if run is None or run.error is not None:
+                continue
+            self.live_trades += len(trades)
+            gap = mono - run.last_live_mono
+            n = len(trades)
+            sample = gap / n
+            run.mean_gap_s = sample if run.mean_gap_s is None else 0.9 * run.mean_gap_s + 0.1 * sample
+            run.last_live_mono = mono
+            newest = max(t.ts for t in trades)
+            if run.last_live_ts is None or newest > run.last_live_ts:
+                run.last_live_ts = newest
+            if run.synced:
+                waited += await self.take(run, trades)
+            else:
+                run.live_buf.extend(trades)
+                if len(run.live_buf) > self.live_buffer_max:
+                    # REST will fetch what we forget; the merge point just moves later
+                    del run.live_buf[: len(run.live_buf) - self.live_buffer_max // 2]
+        return waited
+
+    # ---- taking trades --------------------------------------------------------------------------
+    async def take(self, run: SymbolRun, trades: Sequence[Trade]) -> float:
+        """Deduplicate, aggregate into candles and queue for storage. Returns backpressure wait."""
+        new: list[Trade] = []
+        for t in trades:
+            if t.id in run.recent:
+                continue
+            uncertain = t.ts <= run.recent.floor and not run.cursor.is_new(t)
+            run.recent.add(t)
+            run.cursor.take(t)
+            new.append(t)
+            if uncertain or not run.builder.add(t):
+                # may be a duplicate we forgot, or too old to hold: rebuild that minute from the store
+                run.stale.add(floor_minute(t.ts))
+        if not new:
+            return 0.0
+        return await self.writer.put_trades(run.symbol, new)
+
+    async def advance(self, run: SymbolRun, watermark: int) -> None:
+        """Every trade before ``watermark`` is taken: write final candles, then the coverage."""
+        finals = run.builder.advance(watermark)
+        await self.writer.put_candles(run.symbol, finals)
+        final_to = run.builder.final_to
+        if final_to is not None and run.cov_to is not None and final_to > run.cov_to:
+            await self.writer.put_coverage(run.symbol, run.cov_to, final_to)
+            run.cov_to = final_to
+
+    # ---- catch-up -----------------------------------------------------------------------------
+    async def sync_loop(self, symbol: str) -> None:
+        """Run a REST catch-up whenever the symbol is not synced with the live stream."""
+        run = self.runs[symbol]
+        while run.error is None:
+            await run.need_sync.wait()
+            try:
+                await self.catch_up(run)
+            except PermanentError as exc:
+                run.error = f"{type(exc).__name__}: {exc}"
+                self.log.error("symbol failed permanently", symbol=symbol, error=str(exc))
+                return
+
+    async def catch_up(self, run: SymbolRun) -> None:
+        """REST from the cursor until a page passes the first buffered live trade; then merge."""
+        log = self.log.bind(symbol=run.symbol)
+        first = not run.ever_synced
+        start_ts = run.cursor.ts
+        goal = now_ms()
+        next_mark = 10
+        delay = 0.25
+        run.syncs += 1
+        if first:
+            log.info("backfill started", since=start_ts, days=round((goal - start_ts) / DAY_MS, 3))
+
+        async def on_page(trades: list[Trade], watermark: int) -> None:
+            nonlocal next_mark
+            if run.mean_gap_s is None and len(trades) > 1:
+                run.mean_gap_s = max((trades[-1].ts - trades[0].ts) / 1000 / (len(trades) - 1), 1e-3)
+            for t in trades:
+                run.recent.add(t)
+            await self.writer.put_trades(run.symbol, trades)
+            for t in trades:
+                if not run.builder.add(t):
+                    run.stale.add(floor_minute(t.ts))
+            await self.advance(run, watermark)
+            if first:
+                pct = min(100.0, 100.0 * (run.cursor.ts - start_ts) / max(1, goal - start_ts))
+                run.backfill_pct = round(pct, 1)
+                while pct >= next_mark and next_mark < 100:
+                    stored = self.writer.stats_for(run.symbol).trades_stored
+                    log.info("backfill progress", pct=next_mark, trades_stored=stored)
+                    next_mark += 10
+
+        def target() -> int:
+            return run.live_buf[0].ts if run.live_buf else now_ms()
+
+        while True:
+            run.need_sync.clear()
+            res = await page_trades(
+                self.client, run.symbol, run.cursor, target, on_page, retry=self.retry, limit=self.page_limit
+            )
+            if res.watermark is not None:
+                await self.advance(run, res.watermark)
+            if run.live_buf and res.watermark is not None and res.watermark > run.live_buf[0].ts:
+                buf, run.live_buf = run.live_buf, []
+                run.synced = True
+                await self.take(run, buf)
+                break
+            if run.error is not None:
+                return
+            if res.trades == 0:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+            else:
+                delay = 0.25
+        first_sync = not run.ever_synced
+        run.ever_synced = True
+        run.backfill_pct = 100.0
+        run.last_live_mono = time.monotonic()
+        if first_sync:
+            log.info("backfill done; live", trades_stored=self.writer.stats_for(run.symbol).trades_stored)
+
+    # ---- housekeeping -------------------------------------------------------------------------
+    async def housekeeping(self, period: float = 1.0) -> None:
+        """Every ``period``: finalize by the clock, write provisional candles, spot silences, rebuild stale minutes."""
+        while True:
+            await asyncio.sleep(period)
+            await self.tick()
+
+    async def tick(self) -> None:
+        mono = time.monotonic()
+        for run in self.runs.values():
+            if run.error is not None:
+                continue
+            if run.synced and self.connected:
+                await self.advance(run, now_ms() - self.live_lag_ms)
+                limit = self.silence.threshold(run.mean_gap_s)
+                if mono - run.last_live_mono > limit:
+                    self.log.info("silence; catching up from REST", symbol=run.symbol, silent_s=round(limit, 1))
+                    run.unsync()
+            await self.writer.put_candles(run.symbol, run.builder.provisional())
+            if run.stale:
+                await self.rebuild_stale(run)
+
+    async def rebuild_stale(self, run: SymbolRun) -> None:
+        """Recompute minutes that got trades the builder cannot hold, from the committed store."""
+        final_to = run.builder.final_to
+        if final_to is None:
+            return
+        minutes = sorted(m for m in run.stale if m + MINUTE_MS <= final_to)
+        if not minutes:
+            return
+        await self.writer.wait_committed()
+        for m in minutes:
+            trades = [t async for t in self.store.iter_trades(run.symbol, m, m + MINUTE_MS)]
+            candles = candles_from_trades(trades)
+            if run.builder.holds(m):
+                run.builder.reset_minute(m, trades)
+            await self.writer.put_candles(run.symbol, candles)
+            run.stale.discard(m)

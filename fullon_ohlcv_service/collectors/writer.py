@@ -1,0 +1,280 @@
+"""BatchWriter: one bounded, ordered write queue per store, flushed by size or interval, retried, never dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from fullon_ohlcv_service.errors import TransientError
+from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.models import Candle, Trade
+
+
+class WriteTarget(Protocol):
+    """The store methods the writer calls (ports.OhlcvStore satisfies it)."""
+
+    async def save_trades(self, symbol: str, trades: Sequence[Trade]) -> int: ...
+
+    async def save_candles(self, symbol: str, candles: Sequence[Candle]) -> int: ...
+
+    async def add_coverage(self, symbol: str, start: int, end: int) -> None: ...
+
+
+@dataclass(slots=True)
+class SymbolStats:
+    """What has been committed for one symbol (read by the heartbeat)."""
+
+    trades_stored: int = 0
+    candles_stored: int = 0
+    last_trade_ms: int | None = None
+    last_final_candle_ms: int | None = None
+    coverage_to: int | None = None
+
+
+# One queued operation: (kind, symbol, payload, rows, seq, enqueued_at)
+_TRADES, _CANDLES, _COVERAGE = 0, 1, 2
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: int
+    symbol: str
+    payload: object
+    rows: int
+    seq: int
+    at: float
+
+
+class BatchWriter:
+    """Queue rows for one store and write them in batches.
+
+    - Order is kept: an operation is committed only after every operation queued before it, and
+      within a batch trades are written before candles, candles before coverage records.
+    - Bounded: ``put_*`` waits while the queue holds ``buffer_rows`` rows (backpressure; nothing
+      is ever dropped). A single put larger than the buffer is accepted when the queue is empty.
+    - A failed write (the database is down) is retried with capped exponential backoff; the batch
+      stays queued. ``failing`` and ``behind`` report it for the heartbeat.
+    """
+
+    def __init__(
+        self,
+        store: WriteTarget,
+        *,
+        flush_rows: int = 1000,
+        flush_interval: float = 0.25,
+        buffer_rows: int = 50_000,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+        log: Log | None = None,
+    ) -> None:
+        self._store = store
+        self.flush_rows = flush_rows
+        self.flush_interval = flush_interval
+        self.buffer_rows = max(buffer_rows, flush_rows)
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._log = log or Log("fullon.ohlcv.writer")
+        self._queue: deque[_Op] = deque()
+        self._rows = 0  # rows queued, including the batch being written
+        self._seq = 0  # last sequence number handed out
+        self._committed = 0  # every op with seq <= this is committed
+        self._wake = asyncio.Event()  # something was queued, or stop was asked
+        self._progress = asyncio.Event()  # a batch was committed
+        self._stopping = False
+        self.failing = False
+        self.write_errors = 0
+        self.batches = 0
+        self.stats: dict[str, SymbolStats] = {}
+        self.last_error: str | None = None
+
+    # ---- producer side -------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Rows queued and not yet committed."""
+        return self._rows
+
+    @property
+    def behind(self) -> bool:
+        """The database is failing or the queue is more than half full."""
+        return self.failing or self._rows * 2 >= self.buffer_rows
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def stats_for(self, symbol: str) -> SymbolStats:
+        st = self.stats.get(symbol)
+        if st is None:
+            st = self.stats[symbol] = SymbolStats()
+        return st
+
+    async def put_trades(self, symbol: str, trades: Sequence[Trade]) -> float:
+        """Queue trades; return the seconds spent waiting for room (backpressure)."""
+        return await self._put_chunks(_TRADES, symbol, trades)
+
+    async def put_candles(self, symbol: str, candles: Sequence[Candle]) -> float:
+        return await self._put_chunks(_CANDLES, symbol, candles)
+
+    async def _put_chunks(self, kind: int, symbol: str, rows: Sequence[Trade] | Sequence[Candle]) -> float:
+        waited = 0.0
+        step = self.flush_rows
+        for i in range(0, len(rows), step):
+            chunk = list(rows[i : i + step])
+            waited += await self._put(kind, symbol, chunk, len(chunk))
+        return waited
+
+    async def put_coverage(self, symbol: str, start: int, end: int) -> float:
+        if end <= start:
+            return 0.0
+        return await self._put(_COVERAGE, symbol, (start, end), 1)
+
+    async def _put(self, kind: int, symbol: str, payload: object, rows: int) -> float:
+        waited = 0.0
+        if self._rows and self._rows + rows > self.buffer_rows:
+            t0 = time.monotonic()
+            while self._rows and self._rows + rows > self.buffer_rows:
+                self._progress.clear()
+                await self._progress.wait()
+            waited = time.monotonic() - t0
+        self._seq += 1
+        self._queue.append(_Op(kind, symbol, payload, rows, self._seq, time.monotonic()))
+        self._rows += rows
+        self._wake.set()
+        return waited
+
+    async def wait_committed(self, seq: int | None = None) -> None:
+        """Wait until every operation queued so far (or up to ``seq``) is committed."""
+        target = self._seq if seq is None else seq
+        while self._committed < target:
+            self._progress.clear()
+            await self._progress.wait()
+
+    # ---- consumer side -------------------------------------------------------------------
+    async def run(self) -> None:
+        """Flush forever (until cancelled or ``stop`` then empty)."""
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            deadline = self._queue[0].at + self.flush_interval
+            while not self._stopping and self._rows < self.flush_rows:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except TimeoutError:
+                    break
+            await self._flush_one_batch()
+
+    def stop(self) -> None:
+        """Ask ``run`` to flush what is queued without waiting for the interval, then return."""
+        self._stopping = True
+        self._wake.set()
+
+    async def drain(self, within_s: float) -> bool:
+        """Stop and flush everything within ``within_s`` seconds; True if the queue is empty."""
+        self.stop()
+        try:
+            await asyncio.wait_for(self.wait_committed(), within_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _flush_one_batch(self) -> None:
+        batch: list[_Op] = []
+        rows = 0
+        for op in self._queue:
+            if batch and rows + op.rows > self.flush_rows:
+                break
+            batch.append(op)
+            rows += op.rows
+        delay = self.backoff_initial
+        while True:
+            try:
+                await self._write(batch)
+                break
+            except TransientError as exc:
+                self._note_failure(exc, rows)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never drop a batch; logged, counted, retried
+                self._note_failure(exc, rows, unexpected=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+        if self.failing:
+            self._log.info("store writes recovered", rows=rows)
+        self.failing = False
+        self.batches += 1
+        for _ in batch:
+            self._queue.popleft()
+        self._rows -= rows
+        self._committed = batch[-1].seq
+        self._progress.set()
+
+    def _note_failure(self, exc: BaseException, rows: int, unexpected: bool = False) -> None:
+        self.write_errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if not self.failing or self.write_errors % 20 == 0:
+            if unexpected:
+                self._log.exception("store write failed; retrying", rows=rows, depth=self._rows)
+            else:
+                self._log.warning("store unavailable; retrying", rows=rows, depth=self._rows, error=str(exc))
+        self.failing = True
+
+    async def _write(self, batch: list[_Op]) -> None:
+        trades: dict[str, list[Trade]] = {}
+        candles: dict[str, dict[int, Candle]] = {}
+        coverage: dict[str, list[tuple[int, int]]] = {}
+        for op in batch:
+            if op.kind == _TRADES:
+                trades.setdefault(op.symbol, []).extend(cast(list[Trade], op.payload))
+            elif op.kind == _CANDLES:
+                slot = candles.setdefault(op.symbol, {})
+                for c in cast(list[Candle], op.payload):
+                    old = slot.get(c.ts)
+                    if old is None or c.final or not old.final:
+                        slot[c.ts] = c
+            else:
+                coverage.setdefault(op.symbol, []).append(cast(tuple[int, int], op.payload))
+        for symbol, ts in trades.items():
+            new = await self._store.save_trades(symbol, ts)
+            st = self.stats_for(symbol)
+            st.trades_stored += new
+            last = max(t.ts for t in ts)
+            if st.last_trade_ms is None or last > st.last_trade_ms:
+                st.last_trade_ms = last
+        for symbol, by_ts in candles.items():
+            rows = sorted(by_ts.values(), key=lambda c: c.ts)
+            changed = await self._store.save_candles(symbol, rows)
+            st = self.stats_for(symbol)
+            st.candles_stored += changed
+            finals = [c.ts for c in rows if c.final]
+            if finals and (st.last_final_candle_ms is None or finals[-1] > st.last_final_candle_ms):
+                st.last_final_candle_ms = finals[-1]
+        for symbol, spans in coverage.items():
+            for start, end in _merge(spans):
+                await self._store.add_coverage(symbol, start, end)
+                st = self.stats_for(symbol)
+                if st.coverage_to is None or end > st.coverage_to:
+                    st.coverage_to = end
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge overlapping or touching [start, end) intervals."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
