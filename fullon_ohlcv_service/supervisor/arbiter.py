@@ -1,0 +1,687 @@
+"""The master loop: fork one worker per exchange, reap, judge heartbeats, restart by policy, handle signals."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.process
+import os
+import random
+import select
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType, MappingProxyType
+from typing import Any, NoReturn, Protocol
+
+from fullon_ohlcv_service.errors import (
+    EXIT_ALL_FATAL,
+    EXIT_CRASH,
+    EXIT_OK,
+    ConfigError,
+    OhlcvError,
+)
+from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.models import ExchangeSpec, SymbolSpec
+from fullon_ohlcv_service.ports import SyncProcessCache
+from fullon_ohlcv_service.settings import Settings
+from fullon_ohlcv_service.supervisor.handle import State, WorkerHandle
+from fullon_ohlcv_service.supervisor.policy import Backoff, ExitKind, RestartBudget, describe_exit, is_stale
+from fullon_ohlcv_service.timeutil import now_ms, parse_time
+
+TICK_S = 0.5
+SUPERVISOR_COMPONENT = "ohlcv-supervisor"
+PROCESS_TYPE = "ohlcv"
+
+WorkerTarget = Callable[..., int]  # run_worker(spec, settings, *, parent_pid=...) -> exit code
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+
+class Starter(Protocol):
+    """Starts one worker process for a spec in the calling (master) process; returns its pid."""
+
+    def start(self, spec: ExchangeSpec, parent_pid: int) -> int: ...
+
+
+def _child_reset_signals() -> None:
+    """In a fresh child: drop the master's wakeup fd and handlers before the worker installs its own."""
+    signal.set_wakeup_fd(-1)
+    for sig in HANDLED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _child_exit(target: WorkerTarget, spec: ExchangeSpec, settings: Settings, parent_pid: int,
+                close_fds: Sequence[int]) -> NoReturn:
+    """Run the worker in a forked child and ``os._exit`` with its code; never returns into the master."""
+    code = EXIT_CRASH
+    try:
+        _child_reset_signals()
+        for fd in close_fds:
+            os.close(fd)
+        result = target(spec, settings, parent_pid=parent_pid)
+        code = result if isinstance(result, int) else EXIT_CRASH
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_CRASH
+    except BaseException:  # noqa: BLE001 - the child's last resort: print it, then exit 1 below
+        traceback.print_exc()
+        code = EXIT_CRASH
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
+
+
+class ForkStarter:
+    """Forks: the child shares the master's imported modules (ccxt) copy-on-write and starts at once."""
+
+    def __init__(self, target: WorkerTarget, settings: Settings) -> None:
+        self.target = target
+        self.settings = settings
+        self.close_in_child: tuple[int, ...] = ()
+
+    def start(self, spec: ExchangeSpec, parent_pid: int) -> int:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child_exit(self.target, spec, self.settings, parent_pid, self.close_in_child)
+        return pid
+
+
+def spec_to_plain(spec: ExchangeSpec) -> tuple[str, tuple[SymbolSpec, ...], dict[str, str]]:
+    """A picklable form of an ExchangeSpec (its params mapping is a read-only proxy)."""
+    return spec.name, spec.symbols, dict(spec.params)
+
+
+def spec_from_plain(plain: tuple[str, tuple[SymbolSpec, ...], dict[str, str]]) -> ExchangeSpec:
+    name, symbols, params = plain
+    return ExchangeSpec(name=name, symbols=symbols, params=MappingProxyType(dict(params)))
+
+
+def _spawn_main(target: WorkerTarget, plain: tuple[str, tuple[SymbolSpec, ...], dict[str, str]],
+                settings: Settings, parent_pid: int) -> None:
+    """Entry of a spawned worker (a fresh interpreter that imports everything again)."""
+    sys.exit(target(spec_from_plain(plain), settings, parent_pid=parent_pid))
+
+
+class SpawnStarter:
+    """Starts workers with multiprocessing's spawn context (for comparison with fork in the benchmark)."""
+
+    def __init__(self, target: WorkerTarget, settings: Settings) -> None:
+        self.target = target
+        self.settings = settings
+        self._ctx = multiprocessing.get_context("spawn")
+
+    def start(self, spec: ExchangeSpec, parent_pid: int) -> int:
+        proc = self._ctx.Process(
+            target=_spawn_main, args=(self.target, spec_to_plain(spec), self.settings, parent_pid),
+            name=f"ohlcv-worker-{spec.name}",
+        )
+        proc.start()
+        # The master reaps with waitpid(-1); multiprocessing must not reap or join it behind our back.
+        multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
+        assert proc.pid is not None
+        return proc.pid
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The master's time limits in seconds (from Settings, plus the backoff reset)."""
+
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    boot_grace: float
+    kill_grace: float
+    graceful_timeout: float
+    restart_budget: int
+    backoff_initial: float
+    backoff_max: float
+    backoff_reset: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings, backoff_reset: float = 30.0) -> Timing:
+        return cls(
+            heartbeat_interval=settings.heartbeat_interval, heartbeat_timeout=settings.heartbeat_timeout,
+            boot_grace=settings.boot_grace, kill_grace=settings.kill_grace,
+            graceful_timeout=settings.graceful_timeout, restart_budget=settings.restart_budget,
+            backoff_initial=settings.backoff_initial, backoff_max=settings.backoff_max,
+            backoff_reset=backoff_reset,
+        )
+
+
+class Arbiter:
+    """One master: a synchronous loop that wakes on a signal or every half second.
+
+    Each turn: handle recorded signals, reap exited workers (``waitpid(-1, WNOHANG)``), check
+    liveness from ProcessCache heartbeats, reconcile (start what should run and is due), and
+    publish its own state on change or on a timer. Signal handlers only record.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[ExchangeSpec],
+        timing: Timing,
+        *,
+        starter: Starter,
+        cache: SyncProcessCache,
+        reload: Callable[[], list[ExchangeSpec]] | None = None,
+        check_supported: Callable[[str], None] | None = None,
+        set_title: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = now_ms,
+        rng: Callable[[], float] = random.random,
+        tick: float = TICK_S,
+    ) -> None:
+        self.timing = timing
+        self.starter = starter
+        self.cache = cache
+        self.reload_fn = reload
+        self.check_supported = check_supported
+        self.set_title = set_title
+        self.clock = clock
+        self.wall_ms = wall_ms
+        self.rng = rng
+        self.tick = tick
+        self.log = Log("fullon.supervisor")
+        self.handles: dict[str, WorkerHandle] = {}
+        for spec in specs:
+            self._add(spec)
+        self.pid = os.getpid()
+        self._signals: deque[int] = deque()
+        self._rfd = -1
+        self._wfd = -1
+        self._old_wakeup_fd = -1
+        self._old_handlers: dict[int, Any] = {}
+        self._stopping = False
+        self._stop_reason = ""
+        self._exit_code = EXIT_OK
+        self._process_id: str | None = None
+        self._cache_down = False
+        self._dirty = True
+        self._next_publish = 0.0
+
+    # ------------------------------------------------------------------ set-up
+
+    def _add(self, spec: ExchangeSpec) -> WorkerHandle:
+        t = self.timing
+        handle = WorkerHandle(
+            spec=spec,
+            backoff=Backoff(initial=t.backoff_initial, maximum=t.backoff_max, reset_after=t.backoff_reset,
+                            rng=self.rng),
+            budget=RestartBudget(limit=t.restart_budget),
+            since_ms=self.wall_ms(),
+            due_at=0.0,
+        )
+        self.handles[spec.name] = handle
+        return handle
+
+    def title(self) -> str:
+        return f"ohlcv-supervisor: master [{','.join(self.handles)}]"
+
+    def _record_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def _install_signals(self) -> None:
+        self._rfd, self._wfd = os.pipe()
+        for fd in (self._rfd, self._wfd):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        if isinstance(self.starter, ForkStarter):
+            self.starter.close_in_child = (self._rfd, self._wfd)
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            self._old_handlers[sig] = signal.signal(sig, self._record_signal)
+
+    def _uninstall_signals(self) -> None:
+        signal.set_wakeup_fd(self._old_wakeup_fd)
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._old_handlers.clear()
+        for fd in (self._rfd, self._wfd):
+            if fd >= 0:
+                os.close(fd)
+        self._rfd = self._wfd = -1
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        """Run until stopped; return the master's exit code (0, EXIT_ALL_FATAL, or EXIT_CRASH)."""
+        self._install_signals()
+        try:
+            if self.set_title:
+                self.set_title(self.title())
+            self.log.info("master started", exchanges=",".join(self.handles), pid=self.pid)
+            while True:
+                self._handle_signals()
+                self._reap()
+                if self._stopping:
+                    self._murder()
+                    if not any(h.alive for h in self.handles.values()):
+                        break
+                    if self._gave_up():
+                        self._exit_code = EXIT_CRASH
+                        break
+                else:
+                    self._murder()
+                    self._check_liveness()
+                    self._reconcile()
+                    self._check_all_parked()
+                self._publish()
+                self._sleep()
+            return self._finish()
+        except BaseException:
+            self.log.exception("master loop failed: stopping every worker before exiting")
+            self._emergency_stop()
+            raise
+        finally:
+            self._uninstall_signals()
+
+    def _emergency_stop(self) -> None:
+        """After an unexpected error: SIGTERM every worker, SIGKILL what is left after the grace, reap."""
+        pids = {h.pid for h in self.handles.values() if h.pid is not None}
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.timing.graceful_timeout
+        while pids and time.monotonic() < deadline:
+            pids = {p for p in pids if not _reaped(p)}
+            time.sleep(0.05)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+    def _sleep(self) -> None:
+        now = self.clock()
+        timeout = self.tick
+        for h in self.handles.values():
+            for at in (h.due_at if h.pid is None else None, h.kill_at):
+                if at is not None:
+                    timeout = min(timeout, max(0.0, at - now))
+        if self._signals:
+            timeout = 0.0
+        try:
+            ready, _, _ = select.select([self._rfd], [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
+            ready = []
+        if ready:
+            try:
+                while os.read(self._rfd, 4096):
+                    pass
+            except BlockingIOError:
+                pass  # drained: the pipe only wakes us, the handlers queued the signals
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            sig = self._signals.popleft()
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                if self._stopping:
+                    self.log.warning("second stop signal: killing the workers now", signal=signal.Signals(sig).name)
+                    self._kill_all_now()
+                else:
+                    self._begin_stop(f"{signal.Signals(sig).name} received")
+            elif sig == signal.SIGHUP:
+                if self._stopping:
+                    self.log.info("SIGHUP ignored while stopping")
+                else:
+                    self._reload()
+            # SIGCHLD only wakes the loop: the reap below does the work.
+
+    # ------------------------------------------------------------------ reap
+
+    def _by_pid(self, pid: int) -> WorkerHandle | None:
+        for h in self.handles.values():
+            if h.pid == pid:
+                return h
+        return None
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = self._by_pid(pid)
+            if handle is None:
+                self.log.debug("reaped a process that is not a worker", child=pid)
+                continue
+            self._on_exit(handle, status)
+
+    def _on_exit(self, h: WorkerHandle, status: int) -> None:
+        now = self.clock()
+        kind, text = describe_exit(status)
+        uptime = now - h.started_at
+        pid = h.pid
+        h.pid = None
+        h.kill_at = None
+        h.killed = False
+        h.last_exit = text
+        self._dirty = True
+        log = self.log.bind(exchange=h.name, worker_pid=pid)
+        if h.remove:
+            log.info("worker stopped and removed from the configuration", exit=text)
+            del self.handles[h.name]
+            self._retitle()
+            return
+        if h.pending_spec is not None:
+            h.spec, h.pending_spec = h.pending_spec, None
+            h.retire = False
+            h.backoff.reset()
+            h.due_at = now
+            h.set_state("backoff", self.wall_ms(), "configuration changed: restarting")
+            log.info("worker stopped for a configuration change; starting it again", exit=text)
+            return
+        if h.retire or self._stopping:
+            h.due_at = None
+            h.set_state("stopped", self.wall_ms(), h.reason if h.retire else "stopped")
+            log.info("worker stopped", exit=text)
+            return
+        hung = h.state == "hung"
+        if hung:
+            kind = ExitKind.CRASH  # it was terminated for a hang: whatever its code, it failed
+        if kind is ExitKind.STOPPED:
+            h.due_at = None
+            h.set_state("stopped", self.wall_ms(), "exited 0 (a requested stop): not restarted")
+            log.info("worker exited 0 (a requested stop); not restarting it", uptime_s=round(uptime, 1))
+            return
+        if kind is ExitKind.CONFIG:
+            reason = f"configuration or boot error ({text}); see the worker's log"
+            self._park(h, reason)
+            return
+        # a crash (or a kill after a hang): restart with backoff, within the hourly budget
+        if not h.budget.take(now):
+            self._park(h, f"restart budget exhausted: {h.budget.limit} restarts in the last hour (last: {text})")
+            return
+        delay = h.backoff.on_exit(uptime)
+        h.restarts += 1
+        h.due_at = now + delay
+        h.set_state("backoff", self.wall_ms(), f"{'hung, ' if hung else ''}{text}; restart in {delay:.1f}s")
+        log.warning("worker died; restarting", exit=text, uptime_s=round(uptime, 1), delay_s=round(delay, 2),
+                    restarts=h.restarts, budget_used=h.budget.used(now))
+
+    def _park(self, h: WorkerHandle, reason: str) -> None:
+        h.due_at = None
+        h.set_state("fatal", self.wall_ms(), reason)
+        self._dirty = True
+        self.log.error("exchange parked FATAL", exchange=h.name, reason=reason)
+
+    # ------------------------------------------------------------------ liveness
+
+    def _check_liveness(self) -> None:
+        watched = [h for h in self.handles.values() if h.alive and h.kill_at is None]
+        if not watched:
+            return
+        now = self.clock()
+        beats: dict[str, dict[str, Any] | None] = {}
+        try:
+            for h in watched:
+                beats[h.name] = self.cache.get_component(h.component)
+        except OhlcvError as exc:
+            self._cache_outage(exc)
+            return  # liveness unknown: kill nobody
+        self._cache_back(now)
+        wall = self.wall_ms()
+        for h in watched:
+            self._note_beat(h, beats.get(h.name), now, wall)
+            t = self.timing
+            if is_stale(h.beat_at, now, t.boot_grace, t.heartbeat_timeout, started=h.started_at):
+                age = "never" if h.beats == 0 else f"{now - (h.beat_at or now):.1f}s"
+                self.log.warning("worker hung: heartbeat too old; terminating it", exchange=h.name,
+                                 worker_pid=h.pid, heartbeat_age=age, timeout_s=t.heartbeat_timeout)
+                h.set_state("hung", self.wall_ms(), f"no heartbeat for {age} (timeout {t.heartbeat_timeout}s)")
+                self._dirty = True
+                self._terminate(h, t.kill_grace)
+
+    def _note_beat(self, h: WorkerHandle, doc: dict[str, Any] | None, now: float, wall: int) -> None:
+        if not doc:
+            return
+        params = doc.get("params") or {}
+        if params.get("pid") != h.pid:
+            return  # a previous incarnation's beat never counts
+        try:
+            beat_ms = parse_time(str(doc.get("heartbeat") or ""))
+        except ValueError:
+            return
+        beat_at = now - max(0.0, (wall - beat_ms) / 1000.0)
+        if h.beat_at is None or beat_at > h.beat_at:
+            h.beat_at = beat_at
+            h.beats += 1
+            if h.state == "starting":
+                h.set_state("running", self.wall_ms())
+                self._dirty = True
+
+    def _cache_outage(self, exc: OhlcvError) -> None:
+        if not self._cache_down:
+            self._cache_down = True
+            self.log.error("process cache unreadable: worker liveness unknown, nobody is killed meanwhile",
+                           error=str(exc))
+
+    def _cache_back(self, now: float) -> None:
+        if self._cache_down:
+            self._cache_down = False
+            self._process_id = None  # the cache may have lost our registration: register again
+            self._dirty = True
+            self.log.info("process cache readable again: liveness checks resume")
+            for h in self.handles.values():
+                if h.alive:
+                    h.beat_at = now if h.beat_at is None else max(h.beat_at, now)
+
+    # ------------------------------------------------------------------ stopping processes
+
+    def _signal(self, h: WorkerHandle, sig: int) -> None:
+        if h.pid is None:
+            return
+        try:
+            os.kill(h.pid, sig)
+        except ProcessLookupError:
+            pass  # already gone; the reap will see it
+
+    def _terminate(self, h: WorkerHandle, grace: float) -> None:
+        """SIGTERM (and SIGCONT, so a stopped process can act on it); SIGKILL after ``grace``."""
+        self._signal(h, signal.SIGTERM)
+        self._signal(h, signal.SIGCONT)
+        deadline = self.clock() + grace
+        h.kill_at = deadline if h.kill_at is None else min(h.kill_at, deadline)
+
+    def _murder(self) -> None:
+        now = self.clock()
+        for h in self.handles.values():
+            if h.alive and h.kill_at is not None and now >= h.kill_at and not h.killed:
+                self.log.warning("worker did not exit in time: SIGKILL", exchange=h.name, worker_pid=h.pid)
+                self._signal(h, signal.SIGKILL)
+                h.killed = True
+                h.kill_at = now + self.timing.kill_grace  # reaped by then, or _gave_up()
+
+    def _gave_up(self) -> bool:
+        now = self.clock()
+        stuck = [h for h in self.handles.values() if h.alive and h.killed and h.kill_at is not None
+                 and now >= h.kill_at]
+        for h in stuck:
+            self.log.error("worker survives SIGKILL; giving up on it", exchange=h.name, worker_pid=h.pid)
+        return bool(stuck) and all(h.killed for h in self.handles.values() if h.alive)
+
+    def _kill_all_now(self) -> None:
+        now = self.clock()
+        for h in self.handles.values():
+            if h.alive:
+                h.kill_at = now
+
+    def _begin_stop(self, reason: str, code: int = EXIT_OK) -> None:
+        self._stopping = True
+        self._stop_reason = reason
+        self._exit_code = code
+        self._dirty = True
+        self.log.info("stopping: telling the workers", reason=reason, graceful_timeout_s=self.timing.graceful_timeout)
+        for h in self.handles.values():
+            h.retire = True
+            h.pending_spec = None
+            if h.alive:
+                self._terminate(h, self.timing.graceful_timeout)
+            elif h.state != "fatal":
+                h.due_at = None
+                h.set_state("stopped", self.wall_ms(), reason)
+
+    def _finish(self) -> int:
+        left = [h.pid for h in self.handles.values() if h.alive]
+        if left:
+            self.log.error("master exiting with workers left", pids=left)
+            self._exit_code = EXIT_CRASH
+        self._publish(final=True)
+        self.cache.close()
+        self.log.info("master stopped", exit_code=self._exit_code, reason=self._stop_reason)
+        return self._exit_code
+
+    # ------------------------------------------------------------------ reconcile
+
+    def _reconcile(self) -> None:
+        now = self.clock()
+        for h in list(self.handles.values()):
+            if h.alive or h.due_at is None or h.due_at > now or h.state in ("fatal", "stopped"):
+                continue
+            self._start(h)
+
+    def _start(self, h: WorkerHandle) -> None:
+        if self.check_supported is not None:
+            try:
+                self.check_supported(h.name)
+            except ConfigError as exc:
+                self._park(h, str(exc))
+                return
+        self.cache.close()  # no Redis/SQLite connection crosses a fork
+        pid = self.starter.start(h.spec, self.pid)
+        now = self.clock()
+        h.pid = pid
+        h.started_at = now
+        h.started_ms = self.wall_ms()
+        h.beat_at = None
+        h.beats = 0
+        h.due_at = None
+        h.kill_at = None
+        h.killed = False
+        h.set_state("starting", self.wall_ms())
+        self._dirty = True
+        self.log.info("worker started", exchange=h.name, worker_pid=pid, symbols=len(h.spec.symbols),
+                      restarts=h.restarts)
+
+    def _check_all_parked(self) -> None:
+        if not self.handles:
+            return
+        if any(h.alive or h.state not in ("fatal", "stopped") for h in self.handles.values()):
+            return
+        if any(h.state == "fatal" for h in self.handles.values()):
+            self.log.error("every exchange is parked FATAL or stopped: the master exits",
+                           exit_code=EXIT_ALL_FATAL)
+            self._begin_stop("every exchange is FATAL", EXIT_ALL_FATAL)
+        else:
+            self._begin_stop("every worker stopped by itself")
+
+    # ------------------------------------------------------------------ SIGHUP
+
+    def _retitle(self) -> None:
+        if self.set_title:
+            self.set_title(self.title())
+
+    def _reload(self) -> None:
+        if self.reload_fn is None:
+            self.log.info("SIGHUP: no configuration source to re-read")
+            return
+        self.log.info("SIGHUP: re-reading the configuration")
+        try:
+            specs = self.reload_fn()
+        except OhlcvError as exc:
+            self.log.error("configuration reload failed; keeping the running set", error=str(exc))
+            return
+        now = self.clock()
+        new = {s.name: s for s in specs}
+        for name, gone in list(self.handles.items()):
+            if name in new:
+                continue
+            gone.retire = gone.remove = True
+            gone.pending_spec = None
+            if gone.alive:
+                self.log.info("exchange removed from the configuration: stopping its worker", exchange=name)
+                self._terminate(gone, self.timing.graceful_timeout)
+            else:
+                del self.handles[name]
+        for name, spec in new.items():
+            h = self.handles.get(name)
+            if h is None:
+                self.log.info("exchange added to the configuration: starting a worker", exchange=name)
+                self._add(spec)
+                continue
+            changed = spec.fingerprint() != h.spec.fingerprint()
+            if h.alive:
+                if h.remove or changed:  # coming back, or its symbols/params changed: restart it
+                    h.retire = h.remove = False
+                    h.pending_spec = spec
+                    self.log.info("configuration changed: restarting the worker", exchange=name)
+                    self._terminate(h, self.timing.graceful_timeout)
+                continue
+            h.spec = spec
+            if changed or h.state in ("fatal", "stopped"):  # parked or stopped: SIGHUP is the retry
+                h.retire = h.remove = False
+                h.budget.reset()
+                h.backoff.reset()
+                h.due_at = now
+                h.set_state("backoff", self.wall_ms(), "configuration re-read")
+        self._dirty = True
+        self._retitle()
+
+    # ------------------------------------------------------------------ own registration
+
+    def params(self) -> dict[str, Any]:
+        t = self.timing
+        return {
+            "pid": self.pid,
+            "exchanges": {name: h.params() for name, h in self.handles.items()},
+            "heartbeat_interval": t.heartbeat_interval,
+            "heartbeat_timeout": t.heartbeat_timeout,
+            "boot_grace": t.boot_grace,
+            "stopping": self._stopping,
+        }
+
+    def _summary(self) -> str:
+        counts: dict[State, int] = {}
+        for h in self.handles.values():
+            counts[h.state] = counts.get(h.state, 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+    def _publish(self, final: bool = False) -> None:
+        now = self.clock()
+        if not final and not self._dirty and now < self._next_publish:
+            return
+        parked = any(h.state == "fatal" for h in self.handles.values())
+        status = "stopped" if final else ("error" if parked else "running")
+        try:
+            if self._process_id is None:
+                self._process_id = self.cache.register(
+                    PROCESS_TYPE, SUPERVISOR_COMPONENT, self.params(), status=status, message=self._summary())
+            else:
+                self.cache.update(self._process_id, status=status, message=self._summary(), params=self.params())
+            if final:
+                self.cache.stop(self._process_id, message=self._stop_reason or "stopped")
+        except OhlcvError as exc:
+            self._cache_outage(exc)
+            self._next_publish = now + min(1.0, self.timing.heartbeat_interval)
+            return
+        if self._cache_down and not final:
+            self._cache_back(now)
+        self._dirty = False
+        self._next_publish = now + self.timing.heartbeat_interval

@@ -1,0 +1,118 @@
+"""`ohlcv-supervisor`: parse flags, import ccxt, read the configuration, then run the master loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from fullon_ohlcv_service import log
+from fullon_ohlcv_service.errors import EXIT_USAGE, ConfigError
+from fullon_ohlcv_service.models import ExchangeSpec
+from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
+
+_EXCHANGE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) and exits EXIT_USAGE."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="ohlcv-supervisor",
+        description="Fork one collector worker per exchange, watch their heartbeats and restart them by policy. "
+        "SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the configuration.",
+    )
+    p.add_argument("--exchanges", metavar="A,B",
+                   help="comma-separated ccxt ids (default: every exchange the admin has)")
+    p.add_argument("--simulator", metavar="URL", help="base URL of an exchange simulator (rewrites every ccxt URL)")
+    g = p.add_argument_group("liveness and restarts (seconds)")
+    g.add_argument("--heartbeat-interval", type=float, metavar="S", help="worker heartbeat period (default 5)")
+    g.add_argument("--heartbeat-timeout", type=float, metavar="S",
+                   help="a worker whose heartbeat is older than this is hung (default 30)")
+    g.add_argument("--boot-grace", type=float, metavar="S", help="no worker is judged hung before this (default 60)")
+    g.add_argument("--kill-grace", type=float, metavar="S", help="SIGTERM to SIGKILL for a hung worker (default 5)")
+    g.add_argument("--graceful-timeout", type=float, metavar="S",
+                   help="time the workers get to flush on stop before SIGKILL (default 10)")
+    g.add_argument("--restart-budget", type=int, metavar="N",
+                   help="restarts per exchange per hour before it is parked FATAL (default 20)")
+    g.add_argument("--backoff-initial", type=float, metavar="S", help="second restart delay, doubling (default 1)")
+    g.add_argument("--backoff-max", type=float, metavar="S", help="restart delay cap (default 60)")
+    g.add_argument("--backoff-reset", type=float, metavar="S", default=30.0,
+                   help="a worker up this long was healthy: its next restart is immediate (default 30)")
+    g.add_argument("--start-method", choices=("fork", "spawn"), default="fork",
+                   help="how workers are started (default fork; spawn exists for the benchmark)")
+    add_common_args(p)
+    return p
+
+
+def parse_exchanges(raw: str | None) -> list[str] | None:
+    """``kraken,binance`` -> ["kraken", "binance"]; None means every exchange the admin has."""
+    if raw is None:
+        return None
+    names: list[str] = []
+    for part in raw.split(","):
+        name = part.strip().lower()
+        if not name:
+            continue
+        if not _EXCHANGE_RE.match(name):
+            raise ConfigError(f"--exchanges: {part.strip()!r} is not a ccxt exchange id")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ConfigError("--exchanges: no exchange given")
+    return names
+
+
+def load_specs(settings: Settings, names: Sequence[str] | None) -> list[ExchangeSpec]:
+    """Read the configuration in a short asyncio.run that closes every connection before returning."""
+    from fullon_ohlcv_service.adapters.sql_config import open_config_source
+
+    async def _load() -> list[ExchangeSpec]:
+        async with open_config_source(settings) as source:
+            return await source.load_exchanges(list(names) if names is not None else None)
+
+    specs = asyncio.run(_load())
+    if not specs:
+        raise ConfigError("no exchange configured for the admin; add one with: ohlcv-config add-exchange NAME")
+    return specs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    settings = settings_from_args(ns)
+    if not ns.backoff_reset > 0:
+        raise ConfigError(f"--backoff-reset: must be > 0, got {ns.backoff_reset}")
+    names = parse_exchanges(ns.exchanges)
+    log.configure(settings.log_level, settings.log_format, file=settings.log_file)
+
+    # Heavy modules are imported BEFORE any fork, so every worker shares them copy-on-write.
+    import ccxt
+    import ccxt.pro  # noqa: F401
+    import setproctitle
+
+    from fullon_ohlcv_service.adapters.caches import open_sync_process_cache
+    from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
+    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter, SpawnStarter, Starter, Timing
+    from fullon_ohlcv_service.worker.main import run_worker
+
+    specs = load_specs(settings, names)
+    starter: Starter = (ForkStarter if ns.start_method == "fork" else SpawnStarter)(run_worker, settings)
+    arbiter = Arbiter(
+        specs,
+        Timing.from_settings(settings, backoff_reset=ns.backoff_reset),
+        starter=starter,
+        cache=open_sync_process_cache(settings.cache),
+        reload=lambda: load_specs(settings, names),
+        check_supported=check_exchange_supported,
+        set_title=setproctitle.setproctitle,
+    )
+    return arbiter.run()

@@ -1,0 +1,368 @@
+"""The master loop's mechanics with real processes and signals, driving a small real target through fork.
+
+Each test runs a master (``drive`` below) in its own interpreter, with a tiny worker target that beats
+into a real SQLite ProcessCache, and observes it only from outside: the cache, /proc and signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from fullon_ohlcv_service.adapters.sqlite_cache import SyncSqliteProcessCache
+from fullon_ohlcv_service.errors import ConfigError
+from fullon_ohlcv_service.models import ExchangeSpec, SymbolSpec
+from fullon_ohlcv_service.settings import Settings, settings_from_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------------------- the driven side
+
+def fake_worker(spec: ExchangeSpec, settings: Settings, *, parent_pid: int | None = None) -> int:
+    """A small real worker: behaviour chosen by ``spec.params['mode']``."""
+    import setproctitle
+
+    mode = spec.params.get("mode", "beat")
+    setproctitle.setproctitle(f"fake-worker: {spec.name}")
+    if mode == "config":
+        return 78
+    if mode == "exit0":
+        return 0
+    if mode == "crash":
+        time.sleep(0.05)
+        return 1
+    if mode == "raise":
+        raise RuntimeError("boom at boot")
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    if mode != "ignore-term":
+        signal.signal(signal.SIGTERM, on_term)
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    cache = SyncSqliteProcessCache(settings.cache)
+    params = {"pid": os.getpid(), "exchange": spec.name, "symbols": [s.symbol for s in spec.symbols]}
+    pid = cache.register("ohlcv", f"ohlcv-worker:{spec.name}", params, status="running")
+    while not stop:
+        if parent_pid is not None and os.getppid() != parent_pid:
+            return 0
+        cache.update(pid, params=params)
+        time.sleep(settings.heartbeat_interval)
+    cache.stop(pid, "stopped")
+    cache.close()
+    return 0
+
+
+def _spec(entry: dict[str, Any]) -> ExchangeSpec:
+    return ExchangeSpec(
+        name=entry["name"],
+        symbols=tuple(SymbolSpec(symbol=s) for s in entry.get("symbols", ["BTC/USD"])),
+        params=MappingProxyType({"mode": entry.get("mode", "beat")}),
+    )
+
+
+def _load(path: str) -> tuple[dict[str, Any], list[ExchangeSpec]]:
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg, [_spec(e) for e in cfg["exchanges"]]
+
+
+def drive() -> None:
+    """Entry of the master subprocess: ``python -c 'from tests.unit.test_arbiter import drive; drive()' CFG``."""
+    import setproctitle
+
+    from fullon_ohlcv_service import log
+    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter, Timing
+
+    path = sys.argv[1]
+    cfg, specs = _load(path)
+    settings = settings_from_env({}, home=cfg["home"], cache=cfg["cache"], **cfg["settings"])
+    log.configure("DEBUG")
+    check: Callable[[str], None] | None = None
+    if cfg.get("check_supported"):
+        from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
+
+        check = check_exchange_supported
+    arbiter = Arbiter(
+        specs,
+        Timing.from_settings(settings, backoff_reset=cfg.get("backoff_reset", 30.0)),
+        starter=ForkStarter(fake_worker, settings),
+        cache=SyncSqliteProcessCache(settings.cache),
+        reload=lambda: _load(path)[1],
+        check_supported=check,
+        set_title=setproctitle.setproctitle,
+    )
+    sys.exit(arbiter.run())
+
+
+# ---------------------------------------------------------------------------- the observing side
+
+FAST = {
+    "heartbeat_interval": 0.1,
+    "heartbeat_timeout": 1.0,
+    "boot_grace": 1.0,
+    "kill_grace": 0.5,
+    "graceful_timeout": 2.0,
+    "backoff_initial": 0.2,
+    "backoff_max": 1.0,
+}
+
+
+class Master:
+    def __init__(self, tmp: Path, exchanges: list[dict[str, Any]], **extra: Any) -> None:
+        self.tmp = tmp
+        self.cfg_path = tmp / "arbiter.json"
+        self.cache_url = f"sqlite://{tmp / 'cache.sqlite'}"
+        self.cfg: dict[str, Any] = {
+            "home": str(tmp), "cache": self.cache_url, "settings": {**FAST, **extra.pop("settings", {})},
+            "exchanges": exchanges, **extra,
+        }
+        self.write()
+        self.cache = SyncSqliteProcessCache(tmp / "cache.sqlite")
+        self.log_path = tmp / "master.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write(self) -> None:
+        self.cfg_path.write_text(json.dumps(self.cfg))
+
+    def start(self) -> Master:
+        self.log_file = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from tests.unit.test_arbiter import drive; drive()", str(self.cfg_path)],
+            cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def record(self) -> dict[str, Any]:
+        doc = self.cache.get_component("ohlcv-supervisor")
+        if not doc or doc["params"].get("pid") != self.pid:
+            return {}
+        exchanges: dict[str, Any] = doc["params"]["exchanges"]
+        return exchanges
+
+    def state(self, name: str) -> dict[str, Any]:
+        return self.record().get(name) or {}
+
+    def wait(self, what: str, pred: Callable[[], Any], timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = pred()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; master log:\n{self.log_path.read_text()[-4000:]}")
+
+    def running_pid(self, name: str, other_than: int | None = None) -> int:
+        def ok() -> int | None:
+            st = self.state(name)
+            pid = st.get("pid")
+            if st.get("state") == "running" and pid and pid != other_than:
+                return int(pid)
+            return None
+
+        return int(self.wait(f"{name} running", ok))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.pid, sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.log_file.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        if hasattr(self, "log_file"):
+            self.log_file.close()
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+
+@pytest.fixture
+def masters(tmp_path: Path) -> Iterator[Callable[..., Master]]:
+    made: list[Master] = []
+
+    def make(exchanges: list[dict[str, Any]], **extra: Any) -> Master:
+        m = Master(tmp_path, exchanges, **extra)
+        made.append(m)
+        return m.start()
+
+    yield make
+    for m in made:
+        kids = children_of(m.pid) if m.proc and m.proc.poll() is None else []
+        m.kill()
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ---------------------------------------------------------------------------- tests
+
+def test_forks_one_worker_each_restarts_a_killed_one_and_stops_cleanly(masters: Callable[..., Master]) -> None:
+    m = masters([{"name": "kraken"}, {"name": "binance"}])
+    k1 = m.running_pid("kraken")
+    b1 = m.running_pid("binance")
+    assert cmdline(m.pid) == "ohlcv-supervisor: master [kraken,binance]"
+    assert cmdline(k1) == "fake-worker: kraken"
+    assert sorted(children_of(m.pid)) == sorted([k1, b1])
+
+    t0 = time.monotonic()
+    os.kill(k1, signal.SIGKILL)
+    k2 = m.running_pid("kraken", other_than=k1)
+    assert time.monotonic() - t0 < 2.0  # first failure after a run: restarted at once
+    st = m.state("kraken")
+    assert st["restarts"] == 1 and st["last_exit"] == "killed by SIGKILL"
+    assert m.state("binance")["pid"] == b1 and alive(b1)  # the other one is untouched
+
+    assert m.stop() == 0
+    for pid in (k2, b1):
+        assert not alive(pid)
+    assert not alive(k1)
+
+
+def test_stopped_worker_is_detected_as_hung_and_replaced(masters: Callable[..., Master]) -> None:
+    m = masters([{"name": "kraken"}, {"name": "binance"}])
+    k1 = m.running_pid("kraken")
+    b1 = m.running_pid("binance")
+    time.sleep(1.2)  # past the boot grace
+    os.kill(k1, signal.SIGSTOP)
+    t0 = time.monotonic()
+    k2 = m.running_pid("kraken", other_than=k1)
+    replaced = time.monotonic() - t0
+    assert 0.8 <= replaced <= 3.0, replaced  # the 1 s heartbeat timeout, give or take a beat and a turn
+    assert not alive(k1)
+    log = m.log_path.read_text()
+    assert "worker hung: heartbeat too old; terminating it exchange=kraken" in log
+    assert "exchange=binance" not in log.split("worker hung")[1].split("\n")[0]
+    assert m.state("kraken")["restarts"] == 1
+    assert m.state("binance")["pid"] == b1
+    assert m.stop() == 0
+    assert not alive(k2) and not alive(b1)
+
+
+def test_exit_codes_are_a_contract(masters: Callable[..., Master]) -> None:
+    m = masters([{"name": "kraken"}, {"name": "cfgbad", "mode": "config"}, {"name": "quits", "mode": "exit0"}])
+    m.running_pid("kraken")
+    m.wait("cfgbad fatal", lambda: m.state("cfgbad").get("state") == "fatal")
+    m.wait("quits stopped", lambda: m.state("quits").get("state") == "stopped")
+    time.sleep(1.0)  # nothing restarts them
+    cfg, quits = m.state("cfgbad"), m.state("quits")
+    assert cfg["restarts"] == 0 and cfg["last_exit"] == "exit 78" and "configuration or boot error" in cfg["reason"]
+    assert quits["restarts"] == 0 and quits["last_exit"] == "exit 0" and quits["pid"] is None
+    doc = m.cache.get_component("ohlcv-supervisor")
+    assert doc is not None and doc["status"] == "error"  # a parked exchange shows in the master's status
+    assert m.stop() == 0
+
+
+def test_crash_loop_backs_off_then_parks_and_a_lone_fatal_exchange_ends_the_master(
+    masters: Callable[..., Master],
+) -> None:
+    m = masters([{"name": "kraken", "mode": "raise"}], settings={"restart_budget": 3})
+    t0 = time.monotonic()
+    assert m.proc is not None
+    code = m.proc.wait(20)
+    elapsed = time.monotonic() - t0
+    m.log_file.close()
+    log = m.log_path.read_text()
+    assert code == 3, log  # errors.EXIT_ALL_FATAL
+    assert "restart budget exhausted: 3 restarts in the last hour" in log
+    assert log.count("RuntimeError: boom at boot") == 4  # the first start and 3 restarts
+    # delays: 0, then 0.2 and 0.4 (+-20% jitter): the loop did back off
+    assert elapsed >= 0.45, elapsed
+
+
+def test_graceful_stop_kills_a_straggler_and_leaves_nothing(masters: Callable[..., Master]) -> None:
+    m = masters([{"name": "kraken"}, {"name": "stubborn", "mode": "ignore-term"}])
+    k = m.running_pid("kraken")
+    s = m.running_pid("stubborn")
+    t0 = time.monotonic()
+    assert m.stop(signal.SIGINT) == 0
+    took = time.monotonic() - t0
+    assert 1.8 <= took <= 6.0, took  # waited the 2 s graceful timeout for the straggler, then SIGKILL
+    assert not alive(k) and not alive(s)
+    log = m.log_path.read_text()
+    assert "did not exit in time: SIGKILL" in log and "exchange=stubborn" in log
+
+
+def test_sighup_restarts_only_changed_workers_adds_and_removes(masters: Callable[..., Master]) -> None:
+    m = masters([{"name": "kraken"}, {"name": "binance"}, {"name": "old"}])
+    k1, b1, o1 = (m.running_pid(n) for n in ("kraken", "binance", "old"))
+    m.cfg["exchanges"] = [
+        {"name": "kraken", "symbols": ["BTC/USD", "ETH/USD"]},  # changed: restart
+        {"name": "binance"},  # unchanged: same pid
+        {"name": "fresh"},  # added
+    ]
+    m.write()
+    os.kill(m.pid, signal.SIGHUP)
+    k2 = m.running_pid("kraken", other_than=k1)
+    m.running_pid("fresh")
+    m.wait("old removed", lambda: "old" not in m.record())
+    assert not alive(o1) and not alive(k1)
+    assert m.state("binance")["pid"] == b1 and alive(b1)
+    assert m.state("kraken")["restarts"] == 0  # a reload restart is not a failure
+    doc = m.cache.get_component("ohlcv-worker:kraken")
+    assert doc is not None and doc["params"]["pid"] == k2 and doc["params"]["symbols"] == ["BTC/USD", "ETH/USD"]
+    m.wait("title", lambda: cmdline(m.pid) == "ohlcv-supervisor: master [kraken,binance,fresh]")
+
+    # a broken reload keeps everything running
+    m.cfg_path.write_text("{not json")
+    os.kill(m.pid, signal.SIGHUP)
+    time.sleep(1.0)
+    assert m.proc is not None and m.proc.poll() is None
+    assert m.state("binance")["pid"] == b1
+    assert "configuration reload failed; keeping the running set" in m.log_path.read_text()
+    assert m.stop() == 0
+
+
+def test_unsupported_exchange_is_parked_before_forking(masters: Callable[..., Master]) -> None:
+    m = masters([{"name": "kraken"}, {"name": "bitmex"}], check_supported=True)
+    m.running_pid("kraken")
+    st = m.wait("bitmex fatal", lambda: m.state("bitmex") if m.state("bitmex").get("state") == "fatal" else None)
+    assert st["pid"] is None and st["restarts"] == 0 and st["last_exit"] is None
+    assert "bitmex" in st["reason"] and "not supported" in st["reason"]
+    assert m.stop() == 0
