@@ -24,6 +24,7 @@ class AppliedFault:
     pid: int | None = None  # the worker or master it hit
     detected_s: float | None = None  # fault -> new worker seen, for faults that must cause a restart
     new_pid: int | None = None
+    mono: float = 0.0  # time.monotonic() when the fault hit (not reported)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,6 +119,7 @@ class Report:
     notes: Sequence[str] = ()  # worth knowing, not a failure (unexpected restarts, ...)
     started_ms: int = 0
     ended_ms: int = 0
+    context: dict[str, Any] = field(default_factory=dict)  # simulator stats, run directory...
 
     @property
     def applied_ok(self) -> int:
@@ -170,6 +172,7 @@ class Report:
             "totals": totals(self.results).to_json(),
             "orphans": list(self.orphans), "errors": list(self.errors), "notes": list(self.notes),
             "failures": self.failures(), "passed": not self.failures(), "verdict": self.verdict(),
+            **self.context,
         }
 
     def render(self) -> str:

@@ -1,0 +1,59 @@
+"""``scripts/chaos``: parse the flags, run the chaos suite once, print (and optionally write) the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fullon_ohlcv_service.chaos.runner import ChaosRun, Options
+from fullon_ohlcv_service.errors import EXIT_CRASH, EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chaos",
+        description="Run the whole service (simulator + ohlcv-supervisor) under a seeded fault schedule, then "
+        "audit the store against the simulator's ground truth. Exits non-zero on any loss, duplicate, "
+        "wrong candle, orphan process, or fault that could not be applied.",
+    )
+    p.add_argument("--minutes", type=float, default=3.0, help="length of the fault phase (default 3)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and of the market (default 1)")
+    p.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite", help="OHLCV and config store")
+    p.add_argument("--cache", choices=("sqlite", "redis"), default="sqlite", help="process cache")
+    p.add_argument("--report", type=Path, metavar="PATH", help="also write the report as JSON to PATH")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (logs, SQLite files) even on success")
+    p.add_argument("--redis-db", type=int, default=12, help="private Redis db, flushed before and after (default 12)")
+    p.add_argument("--backtest-days", type=int, default=1, help="backfill depth of every symbol (default 1)")
+    p.add_argument("--busy-rate", type=float, default=2.0, help="trades/s of the busy symbol (default 2)")
+    p.add_argument("--heartbeat-interval", type=float, default=0.5)
+    p.add_argument("--heartbeat-timeout", type=float, default=3.0)
+    p.add_argument("--boot-grace", type=float, default=8.0)
+    p.add_argument("--plan", action="store_true", help="print the fault schedule of this seed and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.minutes <= 0:
+        print("chaos: error: --minutes must be > 0", file=sys.stderr)
+        return 2
+    if not 0 <= ns.redis_db <= 15:
+        print("chaos: error: --redis-db must be 0-15", file=sys.stderr)
+        return 2
+    opts = Options(minutes=ns.minutes, seed=ns.seed, store=ns.store, cache=ns.cache, report=ns.report, keep=ns.keep,
+                   redis_db=ns.redis_db, backtest_days=ns.backtest_days, busy_rate=ns.busy_rate,
+                   heartbeat_interval=ns.heartbeat_interval, heartbeat_timeout=ns.heartbeat_timeout,
+                   boot_grace=ns.boot_grace, quiet=ns.quiet)
+    run = ChaosRun(opts)
+    if ns.plan:
+        for f in run.schedule:
+            print(f"t={f.at:7.2f}s {f.describe()}")
+        return EXIT_OK
+    report = run.run()
+    if ns.report is not None:
+        ns.report.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    print(report.render(), flush=True)
+    return EXIT_CRASH if report.failures() else EXIT_OK

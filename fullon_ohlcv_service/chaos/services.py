@@ -1,0 +1,145 @@
+"""The run's backing services: a fresh PostgreSQL database and a private Redis db, stopped, started, restored."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+import uuid
+
+from fullon_ohlcv_service.errors import StoreUnavailable
+
+PG_HOST = "127.0.0.1"
+PG_PORT = 5432
+PG_USER = "postgres"
+PG_CLUSTER = ("15", "main")
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", str(REDIS_PORT),
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
+]
+
+
+def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _run(cmd: list[str], timeout: float = 60.0) -> tuple[bool, str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"{cmd[0]}: {exc}"
+    out = (proc.stdout + proc.stderr).strip().replace("\n", " | ")
+    return proc.returncode == 0, out[:300]
+
+
+# Redis
+
+def redis_up() -> bool:
+    ok, out = _run(["redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT), "ping"], timeout=5)
+    return ok and "PONG" in out
+
+
+def redis_stop() -> tuple[bool, str]:
+    """``redis-cli shutdown nosave``; True once Redis no longer answers."""
+    _run(["redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT), "shutdown", "nosave"], timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not reachable(REDIS_HOST, REDIS_PORT, 0.3):
+            return True, "redis stopped"
+        time.sleep(0.1)
+    return False, "redis still answers after shutdown"
+
+
+def redis_start() -> tuple[bool, str]:
+    """Start the server (as CI does) unless it already answers; True once PING answers PONG."""
+    if redis_up():
+        return True, "redis already up"
+    _, out = _run(REDIS_START, timeout=15)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if redis_up():
+            return True, "redis started"
+        time.sleep(0.1)
+    return False, f"redis did not come back ({out})"
+
+
+def redis_flush(db: int) -> None:
+    _run(["redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT), "-n", str(db), "flushdb"], timeout=10)
+
+
+# PostgreSQL
+
+def pg_up() -> bool:
+    return reachable(PG_HOST, PG_PORT, 1.0) and _pg_ready()
+
+
+def _pg_ready() -> bool:
+    ok, _ = _run(["pg_isready", "-h", PG_HOST, "-p", str(PG_PORT)], timeout=5)
+    return ok
+
+
+def pg_stop() -> tuple[bool, str]:
+    ok, out = _run(["pg_ctlcluster", "--skip-systemctl-redirect", *PG_CLUSTER, "stop"], timeout=60)
+    if not ok:
+        return False, f"pg_ctlcluster stop failed: {out}"
+    if reachable(PG_HOST, PG_PORT, 0.5):
+        return False, "postgresql still answers after stop"
+    return True, "postgresql stopped"
+
+
+def pg_start() -> tuple[bool, str]:
+    if pg_up():
+        return True, "postgresql already up"
+    _, out = _run(["pg_ctlcluster", "--skip-systemctl-redirect", *PG_CLUSTER, "start"], timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if pg_up():
+            return True, "postgresql started"
+        time.sleep(0.2)
+    return False, f"postgresql did not come back ({out})"
+
+
+def _admin_url() -> str:
+    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres"
+
+
+def create_database(prefix: str) -> str:
+    """A fresh, empty database; its URL (no password: trust authentication on loopback)."""
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+    async def _create() -> None:
+        conn = await asyncpg.connect(_admin_url())
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(_create())
+    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+
+
+def drop_database(url: str) -> None:
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1]
+
+    async def _drop() -> None:
+        conn = await asyncpg.connect(_admin_url())
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(_drop())
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise StoreUnavailable(f"cannot drop database {name}: {exc}") from exc
