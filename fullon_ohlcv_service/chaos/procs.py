@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -133,20 +134,26 @@ class WorkerWatch:
                 self._events.extend(new)
 
 
-def marked_processes(token: str, exclude: set[int] | None = None) -> list[psutil.Process]:
-    """Every live (non-zombie) process whose environment carries ``OHLCV_CHAOS_RUN=token``."""
+def marked_processes(token: str, exclude: set[int] | None = None, sessions: set[int] | None = None) -> list[psutil.Process]:
+    """Every live (non-zombie) process of the run: in one of ``sessions`` or carrying ``OHLCV_CHAOS_RUN=token``.
+
+    The session is what finds retitled workers: setproctitle reuses the environment's memory for the
+    title, so /proc/PID/environ of a worker no longer shows the marker. Every process the run starts
+    is a session leader (start_new_session) whose forks stay in its session.
+    """
     exclude = exclude or set()
+    sessions = sessions or set()
     found: list[psutil.Process] = []
     needle = f"{MARKER}={token}".encode()
     for proc in psutil.process_iter():
         if proc.pid in exclude:
             continue
         try:
-            with open(f"/proc/{proc.pid}/environ", "rb") as fh:
-                env = fh.read()
-            if needle not in env.split(b"\0"):
-                continue
-            if proc.status() == psutil.STATUS_ZOMBIE:
+            ours = os.getsid(proc.pid) in sessions
+            if not ours:
+                with open(f"/proc/{proc.pid}/environ", "rb") as fh:
+                    ours = needle in fh.read().split(b"\0")
+            if not ours or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
         except (OSError, psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -146,6 +146,7 @@ class ChaosRun:
         self._sampler: threading.Thread | None = None
         self.sim_stats: dict[str, Any] = {}
         self.started_ms = 0
+        self.sessions: set[int] = set()  # every process we start leads its own session
 
     # ------------------------------------------------------------------ helpers
 
@@ -212,16 +213,19 @@ class ChaosRun:
         self.say(f"config ready in {home} (store={self.opts.store} cache={self.opts.cache})")
 
     def simulator_args(self) -> list[str]:
-        exchanges = sorted({s.exchange for s in self.symbols})
-        spec = ",".join(f"{s.exchange}:{s.symbol}={s.rate:g}" for s in self.symbols)
+        """``--symbols 'kraken:BTC/USD@2,ETH/USD@0.3;binance:...'`` and history a little deeper than the backfill."""
+        exchanges = list(dict.fromkeys(s.exchange for s in self.symbols))
+        spec = ";".join(f"{ex}:" + ",".join(f"{s.symbol}@{s.rate:g}" for s in self.symbols if s.exchange == ex)
+                        for ex in exchanges)
         return ["--port", "0", "--seed", str(self.opts.seed), "--exchanges", ",".join(exchanges),
-                "--symbols", spec, "--history-days", str(self.opts.backtest_days + 1)]
+                "--symbols", spec, "--history-days", f"{self.opts.backtest_days + 0.25:g}"]
 
     def _start_simulator(self) -> None:
         assert self.dir is not None
         log = (self.dir / "simulator.log").open("wb")
         self.sim = subprocess.Popen([_bin("ohlcv-simulator"), *self.simulator_args()], env=self.env,
                                     stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        self.sessions.add(self.sim.pid)
         assert self.sim.stdout is not None
         line = _readline(self.sim.stdout, 60.0)
         if not line:
@@ -248,6 +252,7 @@ class ChaosRun:
         proc = subprocess.Popen([_bin(SUPERVISOR), *self.supervisor_args()], env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.sup = Supervised(proc, log)
+        self.sessions.add(proc.pid)
         self.watch.set_master(proc.pid)
         self.say(f"{SUPERVISOR} started (pid {proc.pid}), log {self.dir / (name + '.log')}")
         return self.sup
@@ -454,10 +459,10 @@ class ChaosRun:
         """Our processes still alive (except the simulator) once the master is gone are orphans."""
         keep = {os.getpid()} | ({self.sim.pid} if self.sim is not None else set())
         deadline = time.monotonic() + 3.0
-        left = procs.marked_processes(self.token, keep)
+        left = procs.marked_processes(self.token, keep, self.sessions)
         while left and time.monotonic() < deadline:
             time.sleep(0.1)
-            left = procs.marked_processes(self.token, keep)
+            left = procs.marked_processes(self.token, keep, self.sessions)
         for p in left:
             self.orphans.append(f"{procs.describe(p)} {when}")
             with contextlib.suppress(OSError):
