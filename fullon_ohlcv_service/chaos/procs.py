@@ -134,7 +134,9 @@ class WorkerWatch:
                 self._events.extend(new)
 
 
-def marked_processes(token: str, exclude: set[int] | None = None, sessions: set[int] | None = None) -> list[psutil.Process]:
+def marked_processes(
+    token: str, exclude: set[int] | None = None, sessions: set[int] | None = None
+) -> list[psutil.Process]:
     """Every live (non-zombie) process of the run: in one of ``sessions`` or carrying ``OHLCV_CHAOS_RUN=token``.
 
     The session is what finds retitled workers: setproctitle reuses the environment's memory for the
