@@ -151,13 +151,12 @@ class SqliteOhlcvStore:
         s = self._schema
         b = n.base
         ddl = [
+            # Clustered on the trade id (the dedup key); the time index carries the primary key, so it
+            # serves (timestamp, trade_id) order. Two b-trees per row instead of three.
             f"CREATE TABLE IF NOT EXISTS {n.trades} ("
             " timestamp INTEGER NOT NULL, price REAL NOT NULL, volume REAL NOT NULL,"
-            " side TEXT NOT NULL, type TEXT NOT NULL DEFAULT '', trade_id TEXT NOT NULL)",
-            f"CREATE UNIQUE INDEX IF NOT EXISTS {s}.{quote_ident(b + '_tid')} ON {quote_ident(n.trades_bare)}"
-            " (trade_id)",
-            f"CREATE INDEX IF NOT EXISTS {s}.{quote_ident(b + '_tts')} ON {quote_ident(n.trades_bare)}"
-            " (timestamp, trade_id)",
+            " side TEXT NOT NULL, type TEXT NOT NULL DEFAULT '', trade_id TEXT NOT NULL PRIMARY KEY) WITHOUT ROWID",
+            f"CREATE INDEX IF NOT EXISTS {s}.{quote_ident(b + '_tts')} ON {quote_ident(n.trades_bare)} (timestamp)",
             f"CREATE TABLE IF NOT EXISTS {n.candles} ("
             " timestamp INTEGER PRIMARY KEY, open REAL NOT NULL, high REAL NOT NULL, low REAL NOT NULL,"
             " close REAL NOT NULL, vol REAL NOT NULL, final INTEGER NOT NULL DEFAULT 1)",
@@ -200,6 +199,7 @@ class SqliteOhlcvStore:
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (trade_id) DO NOTHING"
         )
         rows = [(t.ts, t.price, t.amount, t.side, t.type, t.id) for t in trades]
+        rows.sort(key=_by_id)  # key order makes the clustered b-tree inserts local
 
         def run(conn: sqlite3.Connection) -> int:
             return self._write(conn, lambda: conn.executemany(sql, rows).rowcount)
@@ -372,3 +372,7 @@ def _range(since: int | None, until: int | None) -> tuple[str, tuple[int, ...]]:
         conds.append("timestamp < ?")
         args.append(until)
     return (" WHERE " + " AND ".join(conds) if conds else ""), tuple(args)
+
+
+def _by_id(row: tuple[int, float, float, str, str, str]) -> str:
+    return row[5]
