@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from fullon_ohlcv_service.adapters.stores import FETCH_ROWS, compute_gaps, dedupe_candles, first_minute
+from fullon_ohlcv_service.adapters.stores import (
+    FETCH_ROWS,
+    compute_gaps,
+    dedupe_candles,
+    first_minute,
+    require_ids,
+)
 from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreUnavailable
 from fullon_ohlcv_service.identifiers import (
     candles_table,
@@ -209,6 +215,7 @@ class PostgresOhlcvStore:
         if not trades:
             return 0
         n = self._n(symbol)
+        require_ids(symbol, trades)
         records = [(ms_to_datetime(t.ts), t.price, t.amount, t.side, t.type, t.id) for t in trades]
         cols = ", ".join(f'"{c}"' for c in _TRADE_COLS)
         sql = f"INSERT INTO {n.trades} ({cols}) SELECT {cols} FROM {_STAGE_TRADES} ON CONFLICT DO NOTHING"

@@ -16,7 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fullon_ohlcv_service.adapters.stores import FETCH_ROWS, compute_gaps, dedupe_candles, first_minute
+from fullon_ohlcv_service.adapters.stores import (
+    FETCH_ROWS,
+    compute_gaps,
+    dedupe_candles,
+    first_minute,
+    require_ids,
+)
 from fullon_ohlcv_service.errors import PermanentError, StoreUnavailable
 from fullon_ohlcv_service.identifiers import (
     candles_table,
@@ -198,6 +204,7 @@ class SqliteOhlcvStore:
             f"INSERT INTO {n.trades} (timestamp, price, volume, side, type, trade_id)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (trade_id) DO NOTHING"
         )
+        require_ids(symbol, trades)
         rows = [(t.ts, t.price, t.amount, t.side, t.type, t.id) for t in trades]
         rows.sort(key=_by_id)  # key order makes the clustered b-tree inserts local
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from fullon_ohlcv_service.errors import ConfigError
+from fullon_ohlcv_service.errors import ConfigError, PermanentError
 from fullon_ohlcv_service.identifiers import validate_exchange
-from fullon_ohlcv_service.models import Candle
+from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.ports import OhlcvStore
 from fullon_ohlcv_service.settings import StoreURL
 from fullon_ohlcv_service.timeutil import MINUTE_MS
@@ -57,14 +57,11 @@ def dedupe_candles(candles: Sequence[Candle]) -> list[Candle]:
     return [by_ts[ts] for ts in sorted(by_ts)]
 
 
-def merge_interval(
-    start: int, end: int, touching: Iterable[tuple[int, int]]
-) -> tuple[int, int]:
-    """The union of [start, end) with every interval that overlaps or touches it."""
-    lo, hi = start, end
-    for s, e in touching:
-        lo, hi = min(lo, s), max(hi, e)
-    return lo, hi
+def require_ids(symbol: str, trades: Sequence[Trade]) -> None:
+    """Refuse a batch holding a trade without an id: dedup on the id would silently drop it."""
+    for t in trades:
+        if not t.id:
+            raise PermanentError(f"{symbol}: trade at {t.ts} has no trade id; the batch was not stored")
 
 
 def first_minute(since: int) -> int:

@@ -256,6 +256,12 @@ async def test_a_failed_batch_is_not_half_applied(store: SqlOhlcvStore) -> None:
     assert await store.save_trades(SYM, good) == 5
 
 
+async def test_a_trade_without_id_fails_the_batch(store: SqlOhlcvStore) -> None:
+    with pytest.raises(PermanentError, match="no trade id"):
+        await store.save_trades(SYM, [trade(1), Trade(ts=T0, id="", price=1.0, amount=1.0, side="buy")])
+    assert await store.count_trades(SYM) == 0
+
+
 # ---- concurrency ----------------------------------------------------------------------------------
 
 def _writer_process(url: str, first: int, last: int, start: multiprocessing.synchronize.Event,
