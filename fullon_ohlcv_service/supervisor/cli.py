@@ -81,6 +81,9 @@ def load_specs(settings: Settings, names: Sequence[str] | None) -> list[Exchange
             return await source.load_exchanges(list(names) if names is not None else None)
 
     specs = asyncio.run(_load())
+    if names is not None:  # keep the operator's order (titles, logs)
+        order = {name: i for i, name in enumerate(names)}
+        specs.sort(key=lambda s: order.get(s.name, len(order)))
     if not specs:
         raise ConfigError("no exchange configured for the admin; add one with: ohlcv-config add-exchange NAME")
     return specs

@@ -1,0 +1,201 @@
+"""The real ohlcv-supervisor with real forked workers against the simulator: kill -9, SIGSTOP, SIGHUP,
+SIGTERM, SIGKILL of the master, a parked exchange, a Redis outage, and ohlcv-status --check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fullon_ohlcv_service.errors import EXIT_ALL_FATAL
+from fullon_ohlcv_service.timeutil import now_ms
+from tests.process.harness import System, children, cmdline, proc_alive, session_members, wait_for
+
+pytestmark = pytest.mark.slow
+
+REDIS_DB = int(os.environ.get("OHLCV_TEST_PROCESS_REDIS_DB", "11"))  # apart from conftest's 13 and chaos' 12
+
+
+def _redis_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def cache_url() -> Iterator[str]:
+    """A Redis db of its own (flushed before and after): the production cache."""
+    if not _redis_reachable():
+        pytest.skip("Redis is not reachable at 127.0.0.1:6379")
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    client.flushdb()
+    try:
+        yield f"redis://127.0.0.1:6379/{REDIS_DB}"
+    finally:
+        try:
+            client.flushdb()
+        except redis.RedisError:
+            pass  # only after the outage test failed to restart Redis; its finally reported that
+        client.close()
+
+
+@pytest.fixture
+def system(tmp_path: Path, cache_url: str) -> Iterator[System]:
+    s = System(tmp_path, cache_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _started(system: System, *exchanges: str) -> dict[str, int]:
+    system.start_simulator()
+    system.setup_config({"kraken": ["BTC/USD"], "binance": ["BTC/USDT"]})
+    system.start_supervisor("--exchanges", ",".join(exchanges))
+    return {ex: system.wait_beating(ex, 30) for ex in exchanges}
+
+
+def test_lifecycle_titles_kill9_sigstop_sighup_sigterm(system: System) -> None:
+    pids = _started(system, "kraken", "binance")
+    assert system.sup is not None
+    master = system.sup.pid
+    # one worker per exchange, forked by the master, with the titles
+    assert cmdline(master) == "ohlcv-supervisor: master [kraken,binance]"
+    assert cmdline(pids["kraken"]) == "ohlcv-worker: kraken"
+    assert cmdline(pids["binance"]) == "ohlcv-worker: binance"
+    assert sorted(children(master)) == sorted(pids.values())
+    system.wait_live_data("kraken", "BTC/USD", 30)
+    system.wait_live_data("binance", "BTC/USDT", 30)
+    first_ms = now_ms()
+
+    # ohlcv-status --check: 0 while healthy
+    wait_for("status --check 0", lambda: system.run("ohlcv-status", "--check").returncode == 0, 15,
+             interval=0.5, log=system.log)
+
+    # kill -9 of a worker: a new worker heartbeats within 2 s
+    k1 = pids["kraken"]
+    t0 = time.monotonic()
+    os.kill(k1, signal.SIGKILL)
+    k2 = system.wait_beating("kraken", 2.0, other_than=k1)
+    restart_s = time.monotonic() - t0
+    assert restart_s < 2.0
+    assert system.state("kraken")["restarts"] == 1
+    assert system.state("kraken")["last_exit"] == "killed by SIGKILL"
+    assert system.state("binance")["pid"] == pids["binance"]
+
+    # SIGSTOP: detected after the 3 s heartbeat timeout (boot grace 5 s is over by then) and replaced
+    time.sleep(max(0.0, 5.5 - (time.monotonic() - t0)))
+    os.kill(k2, signal.SIGSTOP)
+    t1 = time.monotonic()
+    k3 = system.wait_beating("kraken", 12, other_than=k2)
+    replaced_s = time.monotonic() - t1
+    assert 2.5 <= replaced_s <= 8.0, replaced_s
+    assert not proc_alive(k2)
+    assert "worker hung: heartbeat too old; terminating it exchange=kraken" in system.log()
+    assert system.state("kraken")["restarts"] == 2
+    assert system.state("binance")["pid"] == pids["binance"]  # the other exchange is untouched
+
+    # SIGHUP after ohlcv-config add-symbol: kraken restarts with the symbol, binance keeps its pid
+    system.config("add-symbol", "kraken", "ETH/USD", "--backtest", "0")
+    os.kill(master, signal.SIGHUP)
+    k4 = system.wait_beating("kraken", 15, other_than=k3)
+    system.wait_live_data("kraken", "ETH/USD", 30)
+    doc = system.worker_doc("kraken")
+    assert doc is not None and set(doc["params"]["symbols"]) == {"BTC/USD", "ETH/USD"}
+    assert system.state("binance")["pid"] == pids["binance"] and proc_alive(pids["binance"])
+    assert system.state("kraken")["restarts"] == 2  # a configuration restart is not a failure
+
+    # SIGTERM: everything stops, no process is left, and what was collected is complete
+    time.sleep(2.0)
+    stop_ms = now_ms()
+    assert system.stop_supervisor() == 0
+    assert session_members(master) == []
+    for pid in (*pids.values(), k2, k3, k4):
+        assert not proc_alive(pid)
+    log = system.log()
+    assert "stopped; buffers flushed exchange=kraken" in log
+    assert "stopped; buffers flushed exchange=binance" in log
+    for exchange, symbol in (("kraken", "BTC/USD"), ("binance", "BTC/USDT")):
+        until = stop_ms - 1000  # the last second may still be in flight on the wire
+        truth = system.truth_trade_ids(exchange, symbol, first_ms, until)
+        stored = {str(t["id"]) for t in system.stored_trades(exchange, symbol, first_ms, until)}
+        assert len(truth) > 20, (exchange, len(truth))
+        missing = truth - stored
+        assert not missing, f"{exchange} {symbol}: {len(missing)} of {len(truth)} trades missing"
+        assert stored <= truth
+
+
+def test_parked_exchange_status_check_and_lone_fatal_master_exit(system: System) -> None:
+    system.start_simulator()
+    system.setup_config({"kraken": ["BTC/USD"], "bitmex": ["BTC/USD"]})
+    system.start_supervisor("--exchanges", "kraken,bitmex")
+    system.wait_beating("kraken", 30)
+    st = wait_for("bitmex fatal", lambda: system.state("bitmex") if system.state("bitmex").get("state") == "fatal"
+                  else None, 10, log=system.log)
+    assert "bitmex" in st["reason"] and "not supported" in st["reason"]
+    assert st["restarts"] == 0 and st["pid"] is None
+    system.wait_live_data("kraken", "BTC/USD", 30)
+    check = system.run("ohlcv-status", "--check")
+    assert check.returncode != 0
+    assert "UNHEALTHY: bitmex: fatal: exchange 'bitmex' is not supported" in check.stdout
+    table = system.run("ohlcv-status")
+    assert table.returncode == 0 and "bitmex" in table.stdout and "kraken" in table.stdout
+    assert system.sup is not None and system.sup.poll() is None  # the other exchange keeps it running
+    assert system.stop_supervisor() == 0
+
+    # alone, the parked exchange ends the master with a non-zero code (supervisord sees it)
+    system.start_supervisor("--exchanges", "bitmex")
+    assert system.sup is not None
+    code = system.sup.wait(30)
+    assert code == EXIT_ALL_FATAL, system.log()[-3000:]
+    assert "every exchange is parked FATAL" in system.log()
+
+
+def test_master_sigkill_leaves_no_orphan(system: System) -> None:
+    pids = _started(system, "kraken", "binance")
+    assert system.sup is not None
+    os.kill(system.sup.pid, signal.SIGKILL)
+    system.sup.wait(5)
+    t0 = time.monotonic()
+    wait_for("workers to exit by themselves", lambda: not any(proc_alive(p) for p in pids.values()), 5,
+             log=system.log)
+    assert time.monotonic() - t0 <= 2 * 0.5 + 1.0  # two heartbeat intervals, plus scheduling slack
+
+
+def test_redis_outage_of_30s_restarts_nobody(system: System) -> None:
+    from fullon_ohlcv_service.chaos import services
+
+    pids = _started(system, "kraken", "binance")
+    system.wait_live_data("kraken", "BTC/USD", 30)
+    time.sleep(6.0)  # past the boot grace, so a wrong judgement would kill
+    stopped, why = services.redis_stop()
+    assert stopped, why
+    try:
+        time.sleep(30.0)
+        assert system.sup is not None and system.sup.poll() is None
+        for pid in pids.values():
+            assert proc_alive(pid)
+    finally:
+        started, why = services.redis_start()
+        assert started, f"REDIS DID NOT COME BACK: {why}"
+    # the cache is empty again (no persistence): workers and master re-register by themselves
+    for ex, pid in pids.items():
+        wait_for(f"{ex} heartbeating again", lambda ex=ex, pid=pid: system.beating_pid(ex) == pid, 15,
+                 log=system.log)
+    time.sleep(4.0)  # more than the heartbeat timeout after the outage
+    for ex, pid in pids.items():
+        st = system.state(ex)
+        assert (st["pid"], st["restarts"], st["state"]) == (pid, 0, "running"), st
+    log = system.log()
+    assert log.count("process cache unreadable: worker liveness unknown") == 1
+    assert "worker hung" not in log and "worker died" not in log
+    assert system.stop_supervisor() == 0
