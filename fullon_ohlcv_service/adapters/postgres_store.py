@@ -137,7 +137,16 @@ class PostgresOhlcvStore:
             raise RuntimeError("PostgresOhlcvStore used outside 'async with'")
         try:
             async with pool.acquire() as conn:
-                return await fn(conn)
+                try:
+                    return await fn(conn)
+                except asyncpg.exceptions.InternalClientError as exc:
+                    # asyncpg reports a connection killed mid-command (before it noticed) this way
+                    await asyncio.sleep(0)
+                    if not conn.is_closed():
+                        raise
+                    raise StoreUnavailable(
+                        f"PostgreSQL store {self._where}: connection lost ({exc})"
+                    ) from exc
         except asyncpg.UndefinedTableError as exc:
             raise PermanentError(
                 f"{self.exchange}: a symbol's tables do not exist ({exc}); call init_symbol first"
@@ -261,9 +270,16 @@ class PostgresOhlcvStore:
         if pool is None:
             raise RuntimeError("PostgresOhlcvStore used outside 'async with'")
         try:
-            async with pool.acquire() as conn, conn.transaction(readonly=True):
-                async for row in conn.cursor(sql, *args, prefetch=FETCH_ROWS):
-                    yield row
+            async with pool.acquire() as conn:
+                try:
+                    async with conn.transaction(readonly=True):
+                        async for row in conn.cursor(sql, *args, prefetch=FETCH_ROWS):
+                            yield row
+                except asyncpg.exceptions.InternalClientError as exc:
+                    await asyncio.sleep(0)
+                    if not conn.is_closed():
+                        raise
+                    raise StoreUnavailable(f"PostgreSQL store {self._where}: connection lost ({exc})") from exc
         except asyncpg.UndefinedTableError as exc:
             raise PermanentError(f"{self.exchange}: {exc}; call init_symbol first") from exc
         except _UNAVAILABLE as exc:

@@ -312,3 +312,36 @@ def test_concurrent_writer_processes_lose_nothing(backend: str, request: pytest.
     _check_concurrent_result(url)
     # every trade was counted as new by exactly one of the two processes
     assert sum(news) == 4500
+
+
+def test_postgres_connections_killed_under_the_store_lose_no_batch(pg_url: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        url = parse_store_url("test", pg_url, ("postgresql",))
+        dbname = pg_url.rsplit("/", 1)[1]
+        async with open_ohlcv_store(url, "kraken") as s:
+            await s.init_symbol(SYM)
+            await s.save_trades(SYM, [trade(i) for i in range(10)])
+            admin = await asyncpg.connect(pg_url)
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                dbname,
+            )
+            await admin.close()
+            assert killed >= 1
+            batch = [trade(i) for i in range(5, 20)]
+            failures: list[str] = []
+            for _attempt in range(3):  # the caller's retry: a failure is StoreUnavailable, never a lost batch
+                try:
+                    assert await s.save_trades(SYM, batch) == 10
+                    break
+                except StoreUnavailable as exc:
+                    failures.append(str(exc))
+            else:
+                pytest.fail(f"never recovered: {failures}")
+            assert await s.count_trades(SYM) == 20
+            print("failures before success:", failures)
+
+    asyncio.run(run())
