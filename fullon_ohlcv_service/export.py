@@ -67,7 +67,12 @@ def _writer(fmt: str, fields: tuple[str, ...], out: IO[str]) -> Callable[[dict[s
         return write_json
     w = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
     w.writeheader()
-    return w.writerow
+
+    def write_csv(row: dict[str, Any]) -> None:
+        # booleans as JSON spells them, so both formats read the same
+        w.writerow({k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in row.items()})
+
+    return write_csv
 
 
 async def export(

@@ -77,7 +77,7 @@ def test_candles_as_csv_with_header(db: str, home: Path) -> None:
     assert lines[0] == "ts,open,high,low,close,volume,final"
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert [(int(x["ts"]), float(x["open"]), float(x["volume"]), x["final"]) for x in rows] == [
-        (c.ts, c.open, c.volume, str(c.final)) for c in CANDLES
+        (c.ts, c.open, c.volume, "true" if c.final else "false") for c in CANDLES
     ]
 
 
