@@ -79,6 +79,7 @@ class SymbolRun:
     last_live_mono: float = field(default_factory=time.monotonic)
     last_live_ts: int | None = None
     syncs: int = 0
+    fetched: int = 0
 
     @property
     def symbol(self) -> str:
@@ -295,11 +296,14 @@ class TradeCollector:
             log.info("backfill started", since=start_ts, days=round((goal - start_ts) / DAY_MS, 3))
 
         async def on_page(trades: list[Trade], watermark: int) -> None:
-            nonlocal next_mark
+            nonlocal next_mark, start_ts
+            if first and run.backfill_pct == 0.0 and trades[0].ts > start_ts:
+                start_ts = trades[0].ts  # history starts later than asked: measure from the first trade
             if run.mean_gap_s is None and len(trades) > 1:
                 run.mean_gap_s = max((trades[-1].ts - trades[0].ts) / 1000 / (len(trades) - 1), 1e-3)
             for t in trades:
                 run.recent.add(t)
+            run.fetched += len(trades)
             await self.writer.put_trades(run.symbol, trades)
             for t in trades:
                 if not run.builder.add(t):
@@ -307,11 +311,11 @@ class TradeCollector:
             await self.advance(run, watermark)
             if first:
                 pct = min(100.0, 100.0 * (run.cursor.ts - start_ts) / max(1, goal - start_ts))
-                run.backfill_pct = round(pct, 1)
-                while pct >= next_mark and next_mark < 100:
-                    stored = self.writer.stats_for(run.symbol).trades_stored
-                    log.info("backfill progress", pct=next_mark, trades_stored=stored)
-                    next_mark += 10
+                run.backfill_pct = max(round(pct, 1), 0.1)
+                if pct >= next_mark and next_mark < 100:
+                    reached = min(90, int(pct // 10) * 10)
+                    log.info("backfill progress", pct=reached, trades_fetched=self._fetched(run))
+                    next_mark = reached + 10
 
         def target() -> int:
             return run.live_buf[0].ts if run.live_buf else now_ms()
@@ -340,7 +344,10 @@ class TradeCollector:
         run.backfill_pct = 100.0
         run.last_live_mono = time.monotonic()
         if first_sync:
-            log.info("backfill done; live", trades_stored=self.writer.stats_for(run.symbol).trades_stored)
+            log.info("backfill done; live", trades_fetched=run.fetched)
+
+    def _fetched(self, run: SymbolRun) -> int:
+        return run.fetched
 
     # ---- housekeeping -------------------------------------------------------------------------
     async def housekeeping(self, period: float = 1.0) -> None:

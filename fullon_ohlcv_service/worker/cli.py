@@ -1,0 +1,56 @@
+"""`ohlcv-worker --exchange NAME`: load that exchange's spec from the config DB and run its worker in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from fullon_ohlcv_service.errors import ConfigError
+from fullon_ohlcv_service.models import ExchangeSpec
+from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ohlcv-worker", description="Collect one exchange's trades and 1m candles in the foreground."
+    )
+    p.add_argument("--exchange", required=True, help="ccxt exchange id, as configured (e.g. kraken)")
+    p.add_argument("--simulator", help="base URL of an exchange simulator: every ccxt URL points at it")
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)")
+    p.add_argument("--graceful-timeout", type=float, help="seconds to flush on SIGTERM (default 10)")
+    p.add_argument("--flush-rows", type=int, help="rows per write batch (default 1000)")
+    p.add_argument("--flush-interval", type=float, help="max seconds a row waits before a flush (default 0.25)")
+    p.add_argument("--buffer-rows", type=int, help="rows buffered before reading pauses (default 50000)")
+    p.add_argument("--silence-min", type=float, default=3.0,
+                   help="shortest silence (s) that triggers a REST catch-up (default 3)")
+    p.add_argument("--gap-check", type=float, default=60.0, help="seconds between candle gap checks (default 60)")
+    p.add_argument("--reconcile", type=float, default=60.0,
+                   help="seconds between REST reconciliations of the last final candles (default 60)")
+    add_common_args(p)
+    return p
+
+
+async def load_spec(settings: Settings, exchange: str) -> ExchangeSpec:
+    from fullon_ohlcv_service.adapters.sql_config import open_config_source
+
+    async with open_config_source(settings) as source:
+        specs = await source.load_exchanges([exchange])
+    for spec in specs:
+        if spec.name == exchange:
+            return spec
+    raise ConfigError(f"exchange {exchange!r} is not configured")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    settings = settings_from_args(ns)
+    from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
+
+    check_exchange_supported(ns.exchange)
+    spec = asyncio.run(load_spec(settings, ns.exchange))
+    from fullon_ohlcv_service.collectors.trades import SilencePolicy
+    from fullon_ohlcv_service.worker.main import run_worker
+    from fullon_ohlcv_service.worker.runtime import Tuning
+
+    tuning = Tuning(silence=SilencePolicy(min_s=ns.silence_min), gap_every=ns.gap_check, reconcile_every=ns.reconcile)
+    return run_worker(spec, settings, parent_pid=None, tuning=tuning)

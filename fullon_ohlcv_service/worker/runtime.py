@@ -1,0 +1,297 @@
+"""One exchange's worker runtime: adapters in one exit stack, collectors as guarded tasks, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from fullon_ohlcv_service.collectors.ohlcv import CandleCollector
+from fullon_ohlcv_service.collectors.trades import SilencePolicy, TradeCollector
+from fullon_ohlcv_service.collectors.writer import BatchWriter
+from fullon_ohlcv_service.errors import (
+    EXIT_CONFIG,
+    EXIT_CRASH,
+    EXIT_OK,
+    ConfigError,
+    PermanentError,
+    TransientError,
+)
+from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.models import ExchangeSpec
+from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore, ProcessCache
+from fullon_ohlcv_service.settings import Settings
+from fullon_ohlcv_service.timeutil import now_ms
+from fullon_ohlcv_service.worker.heartbeat import Heartbeat, LoopLag, Snapshot, SymbolBeat
+
+
+@dataclass(slots=True)
+class Tuning:
+    """Collector knobs that are not user settings (tests shorten them)."""
+
+    silence: SilencePolicy | None = None
+    reconcile_every: float = 60.0
+    gap_every: float = 60.0
+    housekeeping_every: float = 1.0
+    failing_after: int = 3  # consecutive crashes of one task before the worker reports "error"
+
+
+class WorkerRuntime:
+    """Runs one exchange until ``stop`` is set, then flushes and returns an exit code."""
+
+    def __init__(
+        self,
+        spec: ExchangeSpec,
+        settings: Settings,
+        *,
+        parent_pid: int | None = None,
+        tuning: Tuning | None = None,
+        open_client: Callable[[ExchangeSpec, str | None], ExchangeClient] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.parent_pid = parent_pid
+        self.tuning = tuning or Tuning()
+        self._open_client = open_client
+        self.log = Log(f"fullon.ohlcv.worker.{spec.name}", exchange=spec.name)
+        self.stop = asyncio.Event()
+        self.started_ms = now_ms()
+        self.errors = 0
+        self.crashes: dict[str, int] = {}
+        self.failing: str | None = None
+        self.unknown: dict[str, str] = {}
+        self.trades: TradeCollector | None = None
+        self.candles: CandleCollector | None = None
+        self.writer: BatchWriter | None = None
+        self.lag = LoopLag()
+        self.heartbeat: Heartbeat | None = None
+
+    # ---- entry ------------------------------------------------------------------------------
+    async def run(self) -> int:
+        from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
+
+        try:
+            check_exchange_supported(self.spec.name)
+            if not self.spec.symbols:
+                raise ConfigError(f"exchange {self.spec.name!r} has no symbols to collect")
+        except ConfigError as exc:
+            self.log.error("cannot start", error=str(exc))
+            return EXIT_CONFIG
+        try:
+            return await self._run()
+        except ConfigError as exc:
+            self.log.error("cannot start", error=str(exc))
+            return EXIT_CONFIG
+
+    async def _run(self) -> int:
+        from fullon_ohlcv_service.adapters.caches import open_process_cache
+        from fullon_ohlcv_service.adapters.stores import open_ohlcv_store
+
+        s = self.settings
+        async with AsyncExitStack() as stack:
+            cache: ProcessCache = await stack.enter_async_context(open_process_cache(s.cache))
+            hb = self.heartbeat = Heartbeat(
+                cache, self.spec.name, s.heartbeat_interval, self.snapshot, log=self.log,
+                parent_pid=self.parent_pid, on_orphan=self.stop.set,
+            )
+            await hb.register(self._boot_params())
+            try:
+                store: OhlcvStore = await stack.enter_async_context(open_ohlcv_store(s.ohlcv_db, self.spec.name))
+                client: ExchangeClient = await stack.enter_async_context(self._client())  # type: ignore[arg-type]
+                code = await self._collect(store, client, hb)
+            except BaseException:
+                await hb.stopped("crashed")
+                raise
+            await hb.stopped("stopped")
+            return code
+        return EXIT_CRASH  # pragma: no cover - the exit stack never swallows
+
+    def _client(self) -> ExchangeClient:
+        if self._open_client is not None:
+            return self._open_client(self.spec, self.settings.simulator)
+        from fullon_ohlcv_service.adapters.ccxt_exchange import CcxtExchange
+
+        return CcxtExchange(self.spec, simulator=self.settings.simulator)
+
+    def _boot_params(self) -> dict[str, object]:
+        return {"pid": os.getpid(), "exchange": self.spec.name, "started_ms": self.started_ms, "state": "starting",
+                "symbols": {}, "buffer_depth": 0, "loop_lag_ms": 0.0, "reconnects": 0, "gaps_repaired": 0,
+                "errors": 0}
+
+    async def _load_markets(self, client: ExchangeClient) -> set[str] | None:
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                return await client.load_markets()
+            except TransientError as exc:
+                self.errors += 1
+                self.log.warning("load_markets failed; retrying", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), delay)
+                delay = min(delay * 2, 30.0)
+        return None
+
+    async def _collect(self, store: OhlcvStore, client: ExchangeClient, hb: Heartbeat) -> int:
+        s = self.settings
+        t = self.tuning
+        beat_task = asyncio.create_task(self._beat_until_stopped(hb), name="heartbeat")
+        lag_task = asyncio.create_task(self.lag.run(), name="loop-lag")
+        try:
+            markets = await self._load_markets(client)
+            if markets is None:
+                return EXIT_OK
+            listed = [sp for sp in self.spec.symbols if sp.symbol in markets]
+            for sp in self.spec.symbols:
+                if sp.symbol not in markets:
+                    self.unknown[sp.symbol] = f"SymbolUnknown: {self.spec.name} does not list {sp.symbol}"
+                    self.log.error("symbol not listed by the exchange", symbol=sp.symbol)
+            writer = self.writer = BatchWriter(
+                store, flush_rows=s.flush_rows, flush_interval=s.flush_interval, buffer_rows=s.buffer_rows,
+                backoff_max=min(5.0, s.backoff_max), log=self.log,
+            )
+            trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence)
+            candles = self.candles = CandleCollector(trades, reconcile_every=t.reconcile_every, gap_every=t.gap_every)
+            writer_task = asyncio.create_task(writer.run(), name="writer")
+            await self._until_stopped(self._retrying_prepare(trades))
+            if self.stop.is_set():
+                return await self._shutdown([], writer, writer_task)
+            tasks = [asyncio.create_task(self._guard("live", trades.live_loop), name="live")]
+            for sp in listed:
+                tasks.append(asyncio.create_task(self._guard(f"sync:{sp.symbol}", self._sync(trades, sp.symbol))))
+                tasks.append(asyncio.create_task(self._guard(f"candles:{sp.symbol}", self._bf(candles, sp.symbol))))
+            tasks.append(asyncio.create_task(self._guard("housekeeping", self._hk(trades))))
+            tasks.append(asyncio.create_task(self._guard("reconcile", candles.reconcile_loop)))
+            tasks.append(asyncio.create_task(self._guard("gaps", candles.gap_loop)))
+            await self.stop.wait()
+            return await self._shutdown(tasks, writer, writer_task)
+        finally:
+            for task in (beat_task, lag_task):
+                task.cancel()
+            await asyncio.gather(beat_task, lag_task, return_exceptions=True)
+
+    @staticmethod
+    def _sync(trades: TradeCollector, symbol: str) -> Callable[[], Awaitable[None]]:
+        return lambda: trades.sync_loop(symbol)
+
+    @staticmethod
+    def _bf(candles: CandleCollector, symbol: str) -> Callable[[], Awaitable[None]]:
+        return lambda: candles.backfill(symbol)
+
+    def _hk(self, trades: TradeCollector) -> Callable[[], Awaitable[None]]:
+        return lambda: trades.housekeeping(self.tuning.housekeeping_every)
+
+    async def _retrying_prepare(self, trades: TradeCollector) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await trades.prepare()
+                return
+            except TransientError as exc:
+                self.errors += 1
+                self.log.warning("store not ready; retrying", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _until_stopped(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.create_task(self.stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        else:
+            task.result()
+
+    async def _beat_until_stopped(self, hb: Heartbeat) -> None:
+        await hb.run()
+
+    async def _guard(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run a collector task; a crash is logged, counted and retried with capped backoff."""
+        delay = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                await factory()
+                return
+            except asyncio.CancelledError:
+                raise
+            except PermanentError as exc:
+                self.errors += 1
+                self._crashed(name, exc, started)
+            except Exception as exc:
+                self.errors += 1
+                self.log.exception("collector crashed; restarting", task=name)
+                self._crashed(name, exc, started)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def _crashed(self, name: str, exc: BaseException, started: float) -> None:
+        if time.monotonic() - started > 60:
+            self.crashes[name] = 0
+            if self.failing and self.failing.startswith(name + ":"):
+                self.failing = None
+        n = self.crashes[name] = self.crashes.get(name, 0) + 1
+        self.log.warning("collector failed", task=name, error=f"{type(exc).__name__}: {exc}", crashes=n)
+        if n >= self.tuning.failing_after:
+            self.failing = f"{name}: {type(exc).__name__}: {exc}"
+
+    async def _shutdown(
+        self, tasks: list[asyncio.Task[None]], writer: BatchWriter, writer_task: asyncio.Task[None]
+    ) -> int:
+        """Stop watching, flush every buffer within the graceful timeout."""
+        deadline = time.monotonic() + self.settings.graceful_timeout
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.trades is not None:
+            # candles of minutes the trades already prove closed, and the open minute as provisional
+            for run in self.trades.runs.values():
+                if run.error is None:
+                    await writer.put_candles(run.symbol, run.builder.provisional())
+        remaining = max(0.1, deadline - time.monotonic() - 1.0)
+        flushed = await writer.drain(remaining)
+        writer_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer_task
+        if flushed:
+            self.log.info("stopped; buffers flushed", batches=writer.batches)
+        else:
+            self.log.error("stopped with rows not flushed (store unavailable)", rows=writer.depth)
+        return EXIT_OK
+
+    # ---- heartbeat ------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        tr, wr, cd = self.trades, self.writer, self.candles
+        snap = Snapshot(
+            exchange=self.spec.name, pid=os.getpid(), started_ms=self.started_ms,
+            live=tr is not None and tr.live_trades > 0 and any(r.ever_synced for r in tr.runs.values()),
+            behind=wr is not None and wr.behind, failing=self.failing,
+            loop_lag_ms=self.lag.take(), errors=self.errors + (wr.write_errors if wr else 0),
+        )
+        if tr is not None:
+            snap.reconnects = tr.reconnects
+            if not snap.live and tr.runs and all(r.ever_synced for r in tr.runs.values()):
+                snap.live = True  # quiet symbols: caught up to the live stream with nothing new
+            for sym, run in tr.runs.items():
+                st = wr.stats_for(sym) if wr else None
+                snap.symbols[sym] = SymbolBeat(
+                    last_trade_ms=st.last_trade_ms if st else None,
+                    last_final_candle_ms=st.last_final_candle_ms if st else None,
+                    trades_stored=st.trades_stored if st else 0,
+                    candles_stored=st.candles_stored if st else 0,
+                    backfill_pct=run.backfill_pct,
+                    error=run.error,
+                )
+        for sym, err in self.unknown.items():
+            snap.symbols[sym] = SymbolBeat(error=err)
+        if wr is not None:
+            snap.buffer_depth = wr.depth
+        if cd is not None:
+            snap.gaps_repaired = cd.gaps_repaired
+        return snap

@@ -1,0 +1,273 @@
+"""`ohlcv-worker` as a real process against the simulator: stored trades and final candles equal the ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fullon_ohlcv_service.settings import Settings, settings_from_env
+from fullon_ohlcv_service.timeutil import MINUTE_MS, floor_minute, now_ms
+
+BIN = Path(sys.executable).parent
+SYMBOLS = {
+    "kraken": ("BTC/USD@4", "ETH/USD@1", "SOL/USD@0.3"),
+    "binance": ("BTC/USDT@4", "ETH/USDT@1", "SOL/USDT@0.3"),
+}
+HISTORY_DAYS = 0.04  # ~58 minutes of history before the simulator started
+
+
+# ---- the simulator --------------------------------------------------------------------------------
+@dataclass
+class Sim:
+    proc: subprocess.Popen[str]
+    url: str
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def faults(self, **spec: Any) -> Any:
+        req = urllib.request.Request(
+            self.url + "/_sim/faults", data=json.dumps(spec).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def trades(self, exchange: str, symbol: str, since: int, until: int) -> list[dict[str, Any]]:
+        q = urllib.parse.urlencode({"exchange": exchange, "symbol": symbol, "since": since, "until": until})
+        return list(self.get(f"/_sim/trades?{q}"))
+
+    def candles(self, exchange: str, symbol: str, since: int, until: int) -> list[list[float]]:
+        q = urllib.parse.urlencode({"exchange": exchange, "symbol": symbol, "since": since, "until": until})
+        return list(self.get(f"/_sim/candles?{q}"))
+
+    @property
+    def genesis(self) -> int:
+        return int(self.get("/_sim/stats")["genesis_ms"])
+
+
+def start_sim(tmp: Path, exchanges: tuple[str, ...] = ("kraken", "binance"), *extra: str,
+              history_days: float = HISTORY_DAYS, symbols: dict[str, tuple[str, ...]] | None = None) -> Sim:
+    syms = symbols or SYMBOLS
+    spec = ";".join(f"{ex}:{','.join(syms[ex])}" for ex in exchanges)
+    err = open(tmp / "sim.err", "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [str(BIN / "ohlcv-simulator"), "--exchanges", ",".join(exchanges), "--symbols", spec,
+         "--history-days", str(history_days), "--seed", "7", *extra],
+        stdout=subprocess.PIPE, stderr=err, text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(5)
+        raise AssertionError("simulator did not start: " + (tmp / "sim.err").read_text()[-2000:])
+    return Sim(proc, json.loads(line)["url"])
+
+
+def stop_proc(proc: subprocess.Popen[str], timeout: float = 10) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            return None
+    return proc.returncode
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Sim]:
+    s = start_sim(tmp_path)
+    try:
+        yield s
+    finally:
+        stop_proc(s.proc)
+
+
+# ---- configuration and the worker -------------------------------------------------------------------
+def worker_settings(home: Path, ohlcv_db: str | None = None, cache: str | None = None) -> Settings:
+    return settings_from_env({"OHLCV_HOME": str(home)}, ohlcv_db=ohlcv_db, cache=cache)
+
+
+def configure(settings: Settings, exchange: str, symbols: tuple[str, ...], backtest: int = 1) -> None:
+    from fullon_ohlcv_service.adapters.sql_config import ConfigDB
+
+    async def go() -> None:
+        async with ConfigDB(settings, create=True) as db:
+            await db.init()
+            await db.add_exchange(exchange)
+            for s in symbols:
+                await db.add_symbol(exchange, s.split("@")[0], backtest=backtest)
+
+    asyncio.run(go())
+
+
+@dataclass
+class Worker:
+    exchange: str
+    settings: Settings
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[str] | None = None
+    runs: int = 0
+    process_id: str | None = None
+    log: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.runs += 1
+        err = open(self.log_path, "a")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                     env={**os.environ, "LOG_LEVEL": "INFO"})
+
+    def stop(self, timeout: float = 15) -> int | None:
+        assert self.proc is not None
+        return stop_proc(self.proc, timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+
+def make_worker(tmp: Path, sim: Sim, exchange: str, settings: Settings, *extra: str) -> Worker:
+    argv = [str(BIN / "ohlcv-worker"), "--exchange", exchange, "--simulator", sim.url,
+            "--home", str(settings.home), "--ohlcv-db", settings.ohlcv_db.url, "--cache", settings.cache.url,
+            "--heartbeat-interval", "0.5", "--silence-min", "2", "--gap-check", "3", "--reconcile", "3", *extra]
+    return Worker(exchange, settings, argv, tmp / f"worker-{exchange}.log")
+
+
+def beat(settings: Settings, exchange: str, process_id: str | None = None) -> dict[str, Any] | None:
+    from fullon_ohlcv_service.adapters.caches import open_sync_process_cache
+
+    cache = open_sync_process_cache(settings.cache)
+    try:
+        if process_id is not None:
+            return cache.get(process_id)
+        return cache.get_component(f"ohlcv-worker:{exchange}")
+    finally:
+        cache.close()
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, worker: Worker | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        if worker is not None and worker.proc is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited {worker.proc.returncode} while waiting for {what}:\n"
+                                 + worker.logs()[-3000:])
+        time.sleep(0.2)
+    tail = worker.logs()[-3000:] if worker else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+def live_and_synced(settings: Settings, exchange: str, symbols: int, pid: int | None = None) -> bool:
+    data = beat(settings, exchange)
+    if not data:
+        return False
+    p = data["params"]
+    if pid is not None and p.get("pid") != pid:
+        return False
+    syms = p.get("symbols", {})
+    return (p.get("state") in ("running", "behind") and len(syms) == symbols
+            and all(s["backfill_pct"] == 100.0 for s in syms.values()))
+
+
+# ---- the audit ---------------------------------------------------------------------------------------
+async def stored(settings: Settings, exchange: str, symbol: str, since: int, until: int) -> tuple[list[Any], list[Any]]:
+    from fullon_ohlcv_service.adapters.stores import open_ohlcv_store
+
+    async with open_ohlcv_store(settings.ohlcv_db, exchange) as store:
+        trades = [t async for t in store.iter_trades(symbol, since, until)]
+        candles = [c async for c in store.iter_candles(symbol, since, until)]
+    return trades, candles
+
+
+def audit(sim: Sim, settings: Settings, exchange: str, until: int) -> dict[str, int]:
+    """Stored trades == ground truth in [genesis, until); stored final candles == its candles before."""
+    since = sim.genesis
+    counts: dict[str, int] = {}
+    for spec in SYMBOLS[exchange]:
+        symbol = spec.split("@")[0]
+        truth = sim.trades(exchange, symbol, since, until)
+        trades, _ = asyncio.run(stored(settings, exchange, symbol, since, until))
+        got = {t.id: t for t in trades}
+        assert len(got) == len(trades), f"{symbol}: duplicate trade ids stored"
+        want = {t["id"]: t for t in truth}
+        missing = sorted(set(want) - set(got), key=lambda i: want[i]["timestamp"])
+        extra = sorted(set(got) - set(want))
+        assert not missing, f"{symbol}: {len(missing)} of {len(want)} trades missing, first {missing[:5]} " \
+                            f"at {[want[i]['timestamp'] for i in missing[:5]]}"
+        assert not extra, f"{symbol}: {len(extra)} trades not in the ground truth: {extra[:5]}"
+        for tid, t in want.items():
+            s = got[tid]
+            assert (s.ts, s.price, s.amount, s.side) == (t["timestamp"], t["price"], t["amount"], t["side"]), tid
+        cut = floor_minute(until) - MINUTE_MS
+        truth_c = {int(r[0]): r for r in sim.candles(exchange, symbol, since, cut)}
+        _, candles = asyncio.run(stored(settings, exchange, symbol, since, cut))
+        ours = {c.ts: c for c in candles}
+        assert set(truth_c) <= set(ours), f"{symbol}: candles missing at {sorted(set(truth_c) - set(ours))[:5]}"
+        for ts, r in truth_c.items():
+            c = ours[ts]
+            assert c.final, f"{symbol}: candle {ts} still provisional"
+            for a, b, name in zip((c.open, c.high, c.low, c.close, c.volume), r[1:], "ohlcv", strict=True):
+                assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), f"{symbol} {ts} {name}: {a} != {b}"
+        assert not [ts for ts in ours if ts not in truth_c and ours[ts].volume > 0], f"{symbol}: extra candles"
+        counts[symbol] = len(want)
+        assert len(want) > 0
+    return counts
+
+
+def run_and_audit(tmp: Path, sim: Sim, exchange: str, settings: Settings, live_s: float = 6.0,
+                  during: Callable[[Worker], None] | None = None) -> tuple[Worker, dict[str, int]]:
+    configure(settings, exchange, SYMBOLS[exchange])
+    w = make_worker(tmp, sim, exchange, settings)
+    w.start()
+    try:
+        assert w.proc is not None
+        wait_for(lambda: live_and_synced(settings, exchange, 3, w.proc.pid if w.proc else None), 60, "live", w)
+        running = beat(settings, exchange)
+        assert running is not None
+        w.process_id = running["process_id"]
+        if during is not None:
+            during(w)
+        time.sleep(live_s)
+        end = now_ms()
+        t0 = time.monotonic()
+        code = w.stop(settings.graceful_timeout + 5)
+        took = time.monotonic() - t0
+    finally:
+        if w.proc is not None and w.proc.poll() is None:
+            w.kill9()
+    assert code == 0, w.logs()[-3000:]
+    assert took < settings.graceful_timeout, f"SIGTERM took {took:.1f}s"
+    return w, audit(sim, settings, exchange, end - 3000)
+
+
+# ---- the tests ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("exchange", ["kraken", "binance"])
+def test_sqlite_store_and_sqlite_cache(tmp_path: Path, home: Path, sim: Sim, exchange: str) -> None:
+    settings = worker_settings(home)
+    w, counts = run_and_audit(tmp_path, sim, exchange, settings)
+    assert beat(settings, exchange) is None, "a stopped worker leaves process:components"
+    data = beat(settings, exchange, w.process_id)
+    assert data is not None and data["status"] == "stopped"
+    logs = w.logs()
+    assert "backfill done; live" in logs and logs.count("backfill progress") <= 3 * 9
