@@ -109,6 +109,7 @@ class System:
         self.sup_log_path = tmp / "supervisor.log"
         self._sup_log: IO[bytes] | None = None
         self._cache: SyncProcessCache | None = None
+        self.master_pid: int | None = None  # set when the master is not our child (supervisord runs it)
 
     # ------------------------------------------------------------------ pieces
 
@@ -167,9 +168,9 @@ class System:
     # ------------------------------------------------------------------ observations
 
     def sup_params(self) -> dict[str, Any]:
-        assert self.sup is not None
+        master = self.master_pid or (self.sup.pid if self.sup else None)
         doc = self.cache.get_component("ohlcv-supervisor")
-        if not doc or doc.get("params", {}).get("pid") != self.sup.pid:
+        if not doc or doc.get("params", {}).get("pid") != master:
             return {}
         params: dict[str, Any] = doc["params"]
         return params
