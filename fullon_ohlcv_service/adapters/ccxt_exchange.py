@@ -616,16 +616,17 @@ class CcxtExchange:
             raise
         try:
             rows = await pro.watch_ohlcv(symbol, "1m")
-            out: list[Candle] = []
+            latest: dict[int, Candle] = {}  # one version per minute: the last (a final one comes last)
             for row in rows:
-                out.extend(self._live_candle(symbol, state, row))
+                for candle in self._live_candle(symbol, state, row):
+                    latest[candle.ts] = candle
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             state.open = None  # it may have missed updates: never finalise it from the stream
             self._frame_seen[kind] = self._events()
             raise classify(exc) from exc
-        return out
+        return [latest[ts] for ts in sorted(latest)]
 
     def _live_candle(self, symbol: str, state: _OhlcvState, row: Sequence[Any]) -> list[Candle]:
         candle = to_candle(row, 0)  # final=True for now; decided below
