@@ -1,0 +1,69 @@
+"""`ohlcv-supervisor` start-up refusals through the real console script: one clear line, a non-zero code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fullon_ohlcv_service.supervisor.cli import parse_exchanges
+
+BIN = Path(sys.executable).parent
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "REDIS_", "OHLCV_"))}
+    env.update({"OHLCV_HOME": str(home), "OHLCV_CACHE": f"sqlite://{home / 'cache.sqlite'}",
+                "OHLCV_CONFIG_DB": f"sqlite://{home / 'config.sqlite'}", "OHLCV_DB": f"sqlite://{home / 'ohlcv'}"})
+    return env
+
+
+def _run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "ohlcv-supervisor"), *args], env=_env(home), capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["--bogus"], 2, "ohlcv-supervisor: error: unrecognized arguments: --bogus"),
+        (["--heartbeat-timeout", "abc"], 2, "argument --heartbeat-timeout: invalid float value: 'abc'"),
+        (["--heartbeat-timeout", "-1"], 78, "ohlcv-supervisor: error: --heartbeat-timeout: must be > 0, got -1.0"),
+        (["--restart-budget", "0"], 78, "--restart-budget: must be >= 1, got 0"),
+        (["--backoff-reset", "0"], 78, "--backoff-reset: must be > 0, got 0.0"),
+        (["--exchanges", "kra ken"], 78, "--exchanges: 'kra ken' is not a ccxt exchange id"),
+        (["--exchanges", ","], 78, "--exchanges: no exchange given"),
+        (["--simulator", "ftp://x"], 78, "--simulator: malformed URL"),
+    ],
+)
+def test_bad_flags(home: Path, args: list[str], code: int, text: str) -> None:
+    proc = _run(home, *args)
+    assert proc.returncode == code
+    assert text in _one_line(proc)
+
+
+def test_configuration_problems_are_one_line(home: Path) -> None:
+    config = str(BIN / "ohlcv-config")
+    subprocess.run([config, "init"], env=_env(home), check=True, capture_output=True)
+    proc = _run(home)
+    assert proc.returncode == 78
+    assert "no exchange configured" in _one_line(proc) and "ohlcv-config add-exchange" in proc.stderr
+    subprocess.run([config, "add-exchange", "kraken"], env=_env(home), check=True, capture_output=True)
+    proc = _run(home, "--exchanges", "kraken,binance")
+    assert proc.returncode == 78
+    line = _one_line(proc)
+    assert "binance" in line and "add-exchange" in line
+
+
+def test_parse_exchanges() -> None:
+    assert parse_exchanges(None) is None
+    assert parse_exchanges(" Kraken, binance,kraken ,") == ["kraken", "binance"]
