@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -76,8 +77,12 @@ _PARAM_NAMES = ("enable_rate_limit", "rate_limit_ms", "timeout_ms", "base_url")
 # --------------------------------------------------------------------------- errors
 
 
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]*):[^@/\s]*@")
+
+
 def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
+    """One line, at most ``limit`` characters, with any ``user:password@`` in a URL masked."""
+    text = _URL_PASSWORD.sub(r"\1:***@", " ".join(str(text).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -535,7 +540,7 @@ class CcxtExchange:
     def _check_events(self, kind: str) -> None:
         """Raise TransientError once per kind of watch after malformed frames or disconnects it has not
         been told about (they may have happened while nobody was awaiting a watch)."""
-        seen = self._frame_seen.get(kind, 0)
+        seen = self._frame_seen.setdefault(kind, self._events())  # a new watcher starts from now
         if self._events() > seen:
             self._frame_seen[kind] = self._events()
             raise TransientError(

@@ -64,6 +64,8 @@ def test_classify_exact_classes_not_just_bases() -> None:
 def test_classify_passes_our_errors_through_and_keeps_messages_short() -> None:
     ours = SymbolUnknown("nope")
     assert cx.classify(ours) is ours
+    leaky = cx.classify(ccxt.NetworkError("binance GET http://bob:s3cret@proxy:8080/api/v3/aggTrades failed"))
+    assert "s3cret" not in str(leaky) and "bob:***@proxy" in str(leaky)
     long = cx.classify(ccxt.ExchangeError("x" * 5000 + "\nline two"))
     assert len(str(long)) <= 300
     assert "\n" not in str(long)
@@ -183,6 +185,8 @@ def test_live_candle_binance_closed_flag() -> None:
 async def test_frame_guard_keeps_ccxt_reading_and_reports_once() -> None:
     async with cx.CcxtExchange(ExchangeSpec(name="kraken"), simulator=None) as ex:
         client = ex._pro.client("ws://127.0.0.1:9/v2")
+        ex._check_events("trades")  # both watchers exist before the bad frame
+        ex._check_events("ohlcv:BTC/USD")
         fut = client.future("trade:BTC/USD")
         client.handle_text_or_binary_message('{"channel": "trade", "data": [')  # invalid JSON
         assert ex.malformed_frames == 1
@@ -193,6 +197,7 @@ async def test_frame_guard_keeps_ccxt_reading_and_reports_once() -> None:
         ex._check_events("trades")  # reported once per kind
         with pytest.raises(TransientError):
             ex._check_events("ohlcv:BTC/USD")
+        ex._check_events("ohlcv:ETH/USD")  # a watcher that starts later is not told about old frames
 
 
 async def test_binance_kline_closed_flag_is_captured() -> None:
