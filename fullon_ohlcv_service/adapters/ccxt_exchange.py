@@ -71,6 +71,8 @@ _MAX_EXTEND = 20  # extra requests to leave a millisecond holding more than a pa
 _REMOVED = {
     "bitmex": "bitmex was removed from ccxt in 4.5.84 (the venue closed on 2026-09-23)",
 }
+# exchange error texts that ccxt 4.5.90 leaves as a plain ExchangeError but that name an unknown symbol
+_SYMBOL_ERRORS = ("EQuery:Unknown asset pair",)
 _PARAM_NAMES = ("enable_rate_limit", "rate_limit_ms", "timeout_ms", "base_url")
 
 
@@ -92,7 +94,8 @@ def classify(exc: BaseException) -> OhlcvError:
     RateLimited: ccxt DDoSProtection/RateLimitExceeded (HTTP 429/418). TransientError: other
     NetworkError (RequestTimeout, ExchangeNotAvailable, InvalidNonce, a dropped socket), network
     errors under ccxt, malformed data, and any other ccxt error (named by its class).
-    SymbolUnknown: BadSymbol. PermanentError: NotSupported, AuthenticationError (PermissionDenied),
+    SymbolUnknown: BadSymbol, and Kraken's ``EQuery:Unknown asset pair`` (a plain ExchangeError in
+    ccxt). PermanentError: NotSupported, AuthenticationError (PermissionDenied),
     BadRequest, ArgumentsRequired. Our own errors pass through unchanged.
     """
     import ccxt  # already imported by whoever could raise a ccxt error
@@ -106,7 +109,9 @@ def classify(exc: BaseException) -> OhlcvError:
             return RateLimited(msg)
         if isinstance(exc, ccxt.NetworkError):
             return TransientError(msg)
-        if isinstance(exc, ccxt.BadSymbol):
+        if isinstance(exc, ccxt.BadSymbol) or (
+            isinstance(exc, ccxt.ExchangeError) and any(text in str(exc) for text in _SYMBOL_ERRORS)
+        ):
             return SymbolUnknown(msg)
         if isinstance(exc, ccxt.NotSupported | ccxt.AuthenticationError | ccxt.BadRequest | ccxt.ArgumentsRequired):
             return PermanentError(msg)

@@ -71,6 +71,24 @@ async def test_unsupported_exchange_and_unknown_symbol(sim: Simulator) -> None:
 
 
 @pytest.mark.parametrize("name", EXCHANGES)
+async def test_exchange_rejecting_a_listed_symbol_gives_symbol_unknown(sim: Simulator, name: str) -> None:
+    """A market ccxt knows but the exchange rejects (delisted): the exchange's own error -> SymbolUnknown."""
+    async with CcxtExchange(ExchangeSpec(name=name), simulator=sim.url) as ex:
+        first = sorted(await ex.load_markets())[0]
+        rest = ex._rest
+        market = dict(rest.markets[first])
+        market.update(symbol=f"DOGE/{market['quote']}", id=f"DOGE{market['quoteId']}", base="DOGE", baseId="DOGE")
+        rest.set_markets([*rest.markets.values(), market], rest.currencies)
+        assert ex._markets is not None
+        ex._markets.add(market["symbol"])
+        with pytest.raises(SymbolUnknown):
+            await ex.fetch_trades(market["symbol"], sim.genesis_ms)
+        with pytest.raises(SymbolUnknown):
+            await ex.fetch_ohlcv(market["symbol"], sim.genesis_ms)
+        assert await ex.fetch_trades(first, sim.genesis_ms)  # the others keep working
+
+
+@pytest.mark.parametrize("name", EXCHANGES)
 async def test_load_markets_and_paginated_trades_equal_ground_truth(sim: Simulator, name: str) -> None:
     async with CcxtExchange(ExchangeSpec(name=name), simulator=sim.url) as ex:
         assert await ex.load_markets() == set(sim.symbols(name))

@@ -33,6 +33,7 @@ from fullon_ohlcv_service.models import Candle, ExchangeSpec, Trade
         (ccxt.DDoSProtection("418"), RateLimited),
         (ccxt.RateLimitExceeded("429"), RateLimited),
         (ccxt.BadSymbol("binance {\"code\":-1121}"), SymbolUnknown),
+        (ccxt.ExchangeError('kraken {"error":["EQuery:Unknown asset pair"]}'), SymbolUnknown),
         (ccxt.NotSupported("no"), PermanentError),
         (ccxt.AuthenticationError("key"), PermanentError),
         (ccxt.PermissionDenied("forbidden"), PermanentError),
