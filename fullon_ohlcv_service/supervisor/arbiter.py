@@ -565,7 +565,19 @@ class Arbiter:
                 self._park(h, str(exc))
                 return
         self.cache.close()  # no Redis/SQLite connection crosses a fork
-        pid = self.starter.start(h.spec, self.pid)
+        try:
+            pid = self.starter.start(h.spec, self.pid)
+        except OSError as exc:  # EAGAIN/ENOMEM: the system is short of processes or memory; retry later
+            now = self.clock()
+            if not h.budget.take(now):
+                self._park(h, f"restart budget exhausted: cannot start a worker ({exc})")
+                return
+            delay = max(h.backoff.on_exit(0.0), self.timing.backoff_initial)
+            h.due_at = now + delay
+            h.set_state("backoff", self.wall_ms(), f"cannot start a worker: {exc}; retry in {delay:.1f}s")
+            self._dirty = True
+            self.log.error("cannot start a worker", exchange=h.name, error=str(exc), delay_s=round(delay, 2))
+            return
         now = self.clock()
         h.pid = pid
         h.started_at = now
@@ -628,7 +640,7 @@ class Arbiter:
                 continue
             changed = spec.fingerprint() != h.spec.fingerprint()
             if h.alive:
-                if h.remove or changed:  # coming back, or its symbols/params changed: restart it
+                if h.remove or changed or h.pending_spec is not None:  # back, or changed: restart it
                     h.retire = h.remove = False
                     h.pending_spec = spec
                     self.log.info("configuration changed: restarting the worker", exchange=name)

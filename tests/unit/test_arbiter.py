@@ -6,6 +6,7 @@ into a real SQLite ProcessCache, and observes it only from outside: the cache, /
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -99,10 +100,22 @@ def drive() -> None:
         from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
 
         check = check_exchange_supported
+    starter = ForkStarter(fake_worker, settings)
+    refusals = int(cfg.get("fail_forks", 0))
+    real_start = starter.start
+
+    def start(spec: ExchangeSpec, parent_pid: int) -> int:  # the kernel refusing the first forks (EAGAIN)
+        nonlocal refusals
+        if refusals > 0:
+            refusals -= 1
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real_start(spec, parent_pid)
+
+    starter.start = start  # type: ignore[method-assign]
     arbiter = Arbiter(
         specs,
         Timing.from_settings(settings, backoff_reset=cfg.get("backoff_reset", 30.0)),
-        starter=ForkStarter(fake_worker, settings),
+        starter=starter,
         cache=SyncSqliteProcessCache(settings.cache),
         reload=lambda: _load(path)[1],
         check_supported=check,
@@ -365,4 +378,13 @@ def test_unsupported_exchange_is_parked_before_forking(masters: Callable[..., Ma
     st = m.wait("bitmex fatal", lambda: m.state("bitmex") if m.state("bitmex").get("state") == "fatal" else None)
     assert st["pid"] is None and st["restarts"] == 0 and st["last_exit"] is None
     assert "bitmex" in st["reason"] and "not supported" in st["reason"]
+    assert m.stop() == 0
+
+
+def test_a_refused_fork_is_retried_with_backoff(masters: Callable[..., Master]) -> None:
+    m = masters([{"name": "kraken"}], fail_forks=2)
+    m.running_pid("kraken")
+    log = m.log_path.read_text()
+    assert log.count("cannot start a worker") == 2
+    assert m.state("kraken")["restarts"] == 0
     assert m.stop() == 0
