@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -71,6 +72,7 @@ class SymbolRun:
     ever_synced: bool = False
     live_buf: list[Trade] = field(default_factory=list)
     need_sync: asyncio.Event = field(default_factory=asyncio.Event)
+    live_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     error: str | None = None
     backfill_pct: float = 0.0
     cov_to: int | None = None
@@ -238,6 +240,7 @@ class TradeCollector:
                 waited += await self.take(run, trades)
             else:
                 run.live_buf.extend(trades)
+                run.live_arrived.set()
                 if len(run.live_buf) > self.live_buffer_max:
                     # REST will fetch what we forget; the merge point just moves later
                     del run.live_buf[: len(run.live_buf) - self.live_buffer_max // 2]
@@ -292,6 +295,8 @@ class TradeCollector:
         next_mark = 10
         delay = 0.25
         run.syncs += 1
+        fetched_before = run.fetched
+        began = time.monotonic()
         if first:
             log.info("backfill started", since=start_ts, days=round((goal - start_ts) / DAY_MS, 3))
 
@@ -314,7 +319,7 @@ class TradeCollector:
                 run.backfill_pct = max(round(pct, 1), 0.1)
                 if pct >= next_mark and next_mark < 100:
                     reached = min(90, int(pct // 10) * 10)
-                    log.info("backfill progress", pct=reached, trades_fetched=self._fetched(run))
+                    log.info("backfill progress", pct=reached, trades_fetched=run.fetched)
                     next_mark = reached + 10
 
         def target() -> int:
@@ -335,7 +340,13 @@ class TradeCollector:
             if run.error is not None:
                 return
             if res.trades == 0:
-                await asyncio.sleep(delay)
+                # nothing new over REST yet: wait for the first live trade (or poll again later)
+                run.live_arrived.clear()
+                if not run.live_buf:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(run.live_arrived.wait(), delay)
+                else:
+                    await asyncio.sleep(min(delay, 0.25))
                 delay = min(delay * 2, 15.0)
             else:
                 delay = 0.25
@@ -345,9 +356,9 @@ class TradeCollector:
         run.last_live_mono = time.monotonic()
         if first_sync:
             log.info("backfill done; live", trades_fetched=run.fetched)
-
-    def _fetched(self, run: SymbolRun) -> int:
-        return run.fetched
+        else:
+            log.info("caught up with the live stream", trades_fetched=run.fetched - fetched_before,
+                     took_s=round(time.monotonic() - began, 2))
 
     # ---- housekeeping -------------------------------------------------------------------------
     async def housekeeping(self, period: float = 1.0) -> None:

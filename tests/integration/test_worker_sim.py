@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from fullon_ohlcv_service.errors import StoreUnavailable
 from fullon_ohlcv_service.settings import Settings, settings_from_env
 from fullon_ohlcv_service.timeutil import MINUTE_MS, floor_minute, now_ms
 
@@ -63,7 +64,7 @@ def start_sim(tmp: Path, exchanges: tuple[str, ...] = ("kraken", "binance"), *ex
               history_days: float = HISTORY_DAYS, symbols: dict[str, tuple[str, ...]] | None = None) -> Sim:
     syms = symbols or SYMBOLS
     spec = ";".join(f"{ex}:{','.join(syms[ex])}" for ex in exchanges)
-    err = open(tmp / "sim.err", "w")  # noqa: SIM115 - closed with the process
+    err = open(tmp / "sim.err", "w")
     proc = subprocess.Popen(
         [str(BIN / "ohlcv-simulator"), "--exchanges", ",".join(exchanges), "--symbols", spec,
          "--history-days", str(history_days), "--seed", "7", *extra],
@@ -129,7 +130,7 @@ class Worker:
 
     def start(self) -> None:
         self.runs += 1
-        err = open(self.log_path, "a")  # noqa: SIM115 - closed with the process
+        err = open(self.log_path, "a")
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, text=True,
                                      env={**os.environ, "LOG_LEVEL": "INFO"})
 
@@ -179,7 +180,10 @@ def wait_for(pred: Callable[[], bool], timeout: float, what: str, worker: Worker
 
 
 def live_and_synced(settings: Settings, exchange: str, symbols: int, pid: int | None = None) -> bool:
-    data = beat(settings, exchange)
+    try:
+        data = beat(settings, exchange)
+    except StoreUnavailable:
+        return False  # another test may restart the shared Redis: ask again
     if not data:
         return False
     p = data["params"]
@@ -265,9 +269,43 @@ def run_and_audit(tmp: Path, sim: Sim, exchange: str, settings: Settings, live_s
 @pytest.mark.parametrize("exchange", ["kraken", "binance"])
 def test_sqlite_store_and_sqlite_cache(tmp_path: Path, home: Path, sim: Sim, exchange: str) -> None:
     settings = worker_settings(home)
-    w, counts = run_and_audit(tmp_path, sim, exchange, settings)
+    w, _ = run_and_audit(tmp_path, sim, exchange, settings)
     assert beat(settings, exchange) is None, "a stopped worker leaves process:components"
     data = beat(settings, exchange, w.process_id)
     assert data is not None and data["status"] == "stopped"
     logs = w.logs()
     assert "backfill done; live" in logs and logs.count("backfill progress") <= 3 * 9
+
+
+@pytest.mark.parametrize("exchange", ["kraken", "binance"])
+def test_postgres_store_and_redis_cache(tmp_path: Path, home: Path, sim: Sim, exchange: str, pg_url: str,
+                                        redis_url: str) -> None:
+    import redis
+
+    settings = worker_settings(home, ohlcv_db=pg_url, cache=redis_url)
+    heartbeat: dict[str, Any] = {}
+
+    def read_raw_heartbeat(w: Worker) -> None:
+        client = redis.Redis.from_url(redis_url)
+        try:
+            pid = client.hget("process:components", f"ohlcv-worker:{exchange}")
+            assert pid is not None
+            heartbeat.update(json.loads(client.get(f"process:data:{pid.decode()}") or b"{}"))
+            assert client.get(f"TRADE:STATUS:{exchange}") is not None
+        finally:
+            client.close()
+
+    w, _ = run_and_audit(tmp_path, sim, exchange, settings, during=read_raw_heartbeat)
+    assert heartbeat["process_type"] == "ohlcv" and heartbeat["component"] == f"ohlcv-worker:{exchange}"
+    assert heartbeat["status"] == "running" and heartbeat["heartbeat"]
+    p = heartbeat["params"]
+    assert p["pid"] == w.proc.pid if w.proc else False
+    assert set(p) >= {"pid", "exchange", "started_ms", "state", "symbols", "buffer_depth", "loop_lag_ms",
+                      "reconnects", "gaps_repaired", "errors"}
+    assert p["exchange"] == exchange and p["state"] == "running"
+    for spec in SYMBOLS[exchange]:
+        entry = p["symbols"][spec.split("@")[0]]
+        assert set(entry) == {"last_trade_ms", "last_final_candle_ms", "trades_stored", "candles_stored",
+                              "backfill_pct", "error"}
+        assert entry["backfill_pct"] == 100.0 and entry["error"] is None
+        assert entry["trades_stored"] > 0 and entry["candles_stored"] > 0 and entry["last_trade_ms"] > 0

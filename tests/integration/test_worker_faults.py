@@ -1,0 +1,107 @@
+"""The worker under faults: ws drops, stalls, malformed frames, 429s, kill -9 and restart, a PostgreSQL outage."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from fullon_ohlcv_service.timeutil import now_ms
+from tests.integration.test_worker_sim import (
+    SYMBOLS,
+    Sim,
+    audit,
+    beat,
+    configure,
+    live_and_synced,
+    make_worker,
+    run_and_audit,
+    sim,
+    wait_for,
+    worker_settings,
+)
+
+__all__ = ["sim"]  # the fixture, re-exported for pytest
+
+
+def test_ws_drops_stall_malformed_and_429(tmp_path: Path, home: Path, sim: Sim) -> None:
+    settings = worker_settings(home)
+
+    def chaos(w: object) -> None:
+        for _ in range(3):
+            sim.faults(ws_drop=True, exchange="kraken")
+            time.sleep(1.5)
+        sim.faults(malformed=5, duplicates=5, exchange="kraken")
+        time.sleep(1.0)
+        sim.faults(ws_stall_s=6, exchange="kraken")  # > the 2 s silence threshold of busy symbols
+        time.sleep(7.0)
+        sim.faults(rest_429=8, exchange="kraken")
+        sim.faults(ws_drop=True, exchange="kraken")  # the catch-up must go through the 429s
+        wait_for(lambda: sim.get("/_sim/stats")["exchanges"]["kraken"]["faults"]["pending"]["rest_429"] == 0,
+                 30, "the 429s to be served")
+
+    w, _ = run_and_audit(tmp_path, sim, "kraken", settings, during=chaos, live_s=6.0)
+    stats = sim.get("/_sim/stats")["exchanges"]["kraken"]["faults"]["counts"]
+    assert stats.get("rest_429", 0) >= 1 and stats.get("malformed", 0) >= 1
+    logs = w.logs()
+    assert "websocket lost" in logs and "silence; catching up from REST" in logs
+
+
+def test_kill9_and_restart(tmp_path: Path, home: Path, sim: Sim) -> None:
+    settings = worker_settings(home)
+    configure(settings, "binance", SYMBOLS["binance"])
+    w = make_worker(tmp_path, sim, "binance", settings)
+    w.start()
+    try:
+        wait_for(lambda: live_and_synced(settings, "binance", 3), 60, "live", w)
+        time.sleep(2.0)
+        w.kill9()
+        time.sleep(4.0)  # trades happen while nobody collects
+        w.start()
+        assert w.proc is not None
+        pid = w.proc.pid
+        wait_for(lambda: live_and_synced(settings, "binance", 3, pid), 60, "live after restart", w)
+        time.sleep(3.0)
+        end = now_ms()
+        assert w.stop() == 0
+    finally:
+        if w.proc is not None and w.proc.poll() is None:
+            w.kill9()
+    audit(sim, settings, "binance", end - 3000)
+
+
+def _pg(action: str) -> None:
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", action], check=True,
+                   capture_output=True, timeout=60)
+
+
+def test_postgres_outage(tmp_path: Path, home: Path, sim: Sim, pg_url: str) -> None:
+    settings = worker_settings(home, ohlcv_db=pg_url)
+    configure(settings, "kraken", SYMBOLS["kraken"])
+    w = make_worker(tmp_path, sim, "kraken", settings)
+    w.start()
+    behind_seen = False
+    try:
+        wait_for(lambda: live_and_synced(settings, "kraken", 3), 60, "live", w)
+        _pg("stop")
+        try:
+            deadline = time.monotonic() + 12
+            while time.monotonic() < deadline:
+                data = beat(settings, "kraken")
+                if data and data["params"]["state"] == "behind":
+                    behind_seen = True
+                time.sleep(0.5)
+        finally:
+            _pg("start")
+        assert w.proc is not None and w.proc.poll() is None, "the worker must survive the outage"
+        wait_for(lambda: (d := beat(settings, "kraken")) is not None and d["params"]["state"] == "running"
+                 and d["params"]["buffer_depth"] < 100, 60, "recovery", w)
+        time.sleep(3.0)
+        end = now_ms()
+        assert w.stop() == 0
+    finally:
+        if w.proc is not None and w.proc.poll() is None:
+            w.kill9()
+    assert behind_seen, "the heartbeat must show 'behind' while the database is down"
+    assert "store unavailable; retrying" in w.logs()
+    audit(sim, settings, "kraken", end - 3000)
