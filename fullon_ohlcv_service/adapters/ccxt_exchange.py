@@ -66,6 +66,7 @@ from fullon_ohlcv_service.timeutil import MINUTE_MS, now_ms
 HOUR_MS = 3_600_000
 OHLCV_DEPTH = {"kraken": 720}  # 1m bars the REST OHLC endpoint serves at most; absent = deep
 DEFAULT_PAGE = {"binance": 1000}  # ask for the maximum where ccxt's default is smaller
+KRAKEN_PAGE = 1000  # Kraken's Trades page size when no count is given
 MAX_PENDING_TRADES = 200_000  # live trades held between two watch_trades calls
 _MAX_EXTEND = 20  # extra requests to leave a millisecond holding more than a page of trades
 _REMOVED = {
@@ -465,8 +466,8 @@ class CcxtExchange:
         raw = await rest.fetch_trades(symbol, since, limit, params)
         page = self._parse_page(raw, since)
         if self.name == "kraken":
-            for _ in range(_MAX_EXTEND):  # the whole page inside the `since` ms: follow Kraken's cursor
-                if not page or page[-1].ts != since or not raw:
+            for _ in range(_MAX_EXTEND):  # a full page inside the `since` ms: follow Kraken's cursor
+                if not page or page[-1].ts != since or len(raw) < (limit or KRAKEN_PAGE):
                     break
                 info = raw[-1].get("info")
                 cursor = info[-1] if isinstance(info, list) and len(info) > 7 else None
@@ -493,8 +494,8 @@ class CcxtExchange:
             if page or start + HOUR_MS >= now_ms():
                 break
             start += HOUR_MS + 1
-        for _ in range(_MAX_EXTEND):  # the whole page inside the `since` ms: continue by aggregate id
-            if not page or page[-1].ts != since or not page[-1].id.isdigit():
+        for _ in range(_MAX_EXTEND):  # a full page inside the `since` ms: continue by aggregate id
+            if not page or page[-1].ts != since or not page[-1].id.isdigit() or len(raw) < (limit or 500):
                 break
             raw = await rest.fetch_trades(symbol, None, limit, {"fromId": int(page[-1].id) + 1})
             more = self._parse_page(raw, since)

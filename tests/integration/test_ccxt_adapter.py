@@ -104,6 +104,22 @@ async def test_load_markets_and_paginated_trades_equal_ground_truth(sim: Simulat
         assert _rows(page) == [r for r in truth_all if r[0] >= mid][:50]
 
 
+@pytest.mark.parametrize("name", EXCHANGES)
+async def test_full_page_inside_one_millisecond_is_extended(sim: Simulator, name: str) -> None:
+    """limit=1 makes every page 'full inside the since ms': the adapter must still move past that ms."""
+    symbol = sim.symbols(name)[0]
+    truth = _truth(sim, name, symbol, sim.genesis_ms, sim.now() - 1000)
+    since = truth[100][0]
+    at = [r for r in truth if r[0] == since]
+    after = next(r for r in truth if r[0] > since)
+    async with CcxtExchange(ExchangeSpec(name=name), simulator=sim.url) as ex:
+        page = await ex.fetch_trades(symbol, since, limit=1)
+        assert _rows(page) == [*at, after]
+        before = since - 1
+        if not any(r[0] == before for r in truth):  # a page that does not start inside its ms: no extension
+            assert _rows(await ex.fetch_trades(symbol, before, limit=1)) == [at[0]]
+
+
 async def test_binance_steps_over_quiet_hours() -> None:
     symbols = {"binance": ("BTC/USDT@0.0003", "ETH/USDT@0")}
     async with Simulator(seed=11, symbols=symbols, history_days=0.4) as s, \
