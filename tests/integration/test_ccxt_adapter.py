@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -109,7 +110,9 @@ async def test_full_page_inside_one_millisecond_is_extended(sim: Simulator, name
     """limit=1 makes every page 'full inside the since ms': the adapter must still move past that ms."""
     symbol = sim.symbols(name)[0]
     truth = _truth(sim, name, symbol, sim.genesis_ms, sim.now() - 1000)
-    since = truth[100][0]
+    counts = collections.Counter(r[0] for r in truth)
+    # a millisecond with one trade: the simulator's Kraken cursor cannot address trades inside a ms
+    since = next(r[0] for r in truth[100:] if counts[r[0]] == 1)
     at = [r for r in truth if r[0] == since]
     after = next(r for r in truth if r[0] > since)
     async with CcxtExchange(ExchangeSpec(name=name), simulator=sim.url) as ex:
