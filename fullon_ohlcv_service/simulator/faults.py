@@ -9,7 +9,9 @@ from typing import Any
 
 from fullon_ohlcv_service.errors import ConfigError
 
-COUNT_KEYS = ("rest_429", "rest_418", "rest_5xx", "malformed", "duplicates")
+# malformed: junk frames ccxt survives; malformed_json: truncated JSON, which stops ccxt's receive loop
+# until its keepalive gives up (a silent socket the service has to detect by itself)
+COUNT_KEYS = ("rest_429", "rest_418", "rest_5xx", "malformed", "malformed_json", "duplicates")
 SECONDS_KEYS = ("ws_drop_every_s", "ws_stall_s", "ws_refuse_s")
 FAULT_KEYS = (*COUNT_KEYS, *SECONDS_KEYS, "ws_drop", "latency_ms", "exchange")
 
@@ -22,6 +24,7 @@ class FaultState:
         self.rest_418 = 0
         self.rest_5xx = 0
         self.malformed = 0
+        self.malformed_json = 0
         self.duplicates = 0
         self.latency_ms = 0
         self.ws_drop_every_s = 0.0

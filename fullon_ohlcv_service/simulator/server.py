@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -28,6 +29,18 @@ DEFAULT_SYMBOLS: dict[str, tuple[str, ...]] = {
 }
 
 SymbolsArg = Mapping[str, Sequence[str | SymbolConfig]]
+
+
+class ScaledClock:
+    """Epoch-ms clock running ``speed`` times faster than wall time from now on (tests: minutes in seconds)."""
+
+    def __init__(self, speed: float, start_ms: int | None = None) -> None:
+        self.speed = speed
+        self.start_ms = now_ms() if start_ms is None else start_ms
+        self._mono0 = time.monotonic()
+
+    def __call__(self) -> int:
+        return self.start_ms + int((time.monotonic() - self._mono0) * 1000 * self.speed)
 
 
 def parse_symbol_spec(text: str, default_rate: float) -> SymbolConfig:

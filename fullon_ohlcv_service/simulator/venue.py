@@ -77,7 +77,7 @@ class TradeCursor:
         pool = list(self.recent) + trades
         i = 0
         while pool and faults.take("duplicates"):
-            out.append(pool[i % len(pool)])
+            out.append(pool[-1 - i % len(pool)])  # the most recent trades again, newest first: out of order
             i += 1
         self.recent.extend(trades)
         return out
@@ -210,6 +210,8 @@ class Venue:
                         await asyncio.sleep(self.faults.latency_ms / 1000)
                     if self.faults.take("malformed"):
                         await self.send_malformed(session)
+                    if self.faults.take("malformed_json"):
+                        await session.send_text('{"channel":"trade","type":"update","data":[{"symbol":')
                     async with session.lock:
                         await self.pump(session)
                 if self.burst and session.subs and not self.faults.stalled():
