@@ -10,6 +10,7 @@ import random
 import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -211,6 +212,7 @@ class Arbiter:
         self._exit_code = EXIT_OK
         self._process_id: str | None = None
         self._cache_down = False
+        self._warned_threads = False
         self._dirty = True
         self._next_publish = 0.0
 
@@ -565,6 +567,9 @@ class Arbiter:
                 self._park(h, str(exc))
                 return
         self.cache.close()  # no Redis/SQLite connection crosses a fork
+        if threading.active_count() > 1 and not self._warned_threads:
+            self._warned_threads = True  # a thread's locks would be copied held into the child
+            self.log.warning("forking with threads running", threads=threading.active_count())
         try:
             pid = self.starter.start(h.spec, self.pid)
         except OSError as exc:  # EAGAIN/ENOMEM: the system is short of processes or memory; retry later
