@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -25,6 +26,7 @@ from fullon_ohlcv_service.chaos import audit, procs, services
 from fullon_ohlcv_service.chaos import schedule as sched
 from fullon_ohlcv_service.chaos.report import AppliedFault, Report, SymbolResult
 from fullon_ohlcv_service.errors import OhlcvError
+from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.settings import parse_store_url
 from fullon_ohlcv_service.timeutil import ms_to_iso, now_ms
 
@@ -131,7 +133,8 @@ class ChaosRun:
         self.orphans: list[str] = []
         self.added: list[AddedSymbol] = []
         self.first_seen: dict[str, int] = {}  # exchange -> wall ms of its first worker
-        self.sup_params: dict[str, Any] = {}
+        self.sup_params: dict[int, dict[str, Any]] = {}  # master pid -> its latest published params
+        self.fault_master = 0  # pid of the master that ran the fault phase
         self.phase_mono = 0.0
         self.phase_end_mono = 0.0
         self.stop_ms = 0
@@ -276,7 +279,7 @@ class ChaosRun:
                     continue  # the cache is down (a planned outage): the last sample stands
                 params = (doc or {}).get("params") or {}
                 if params.get("pid") == sup.proc.pid:
-                    self.sup_params = params
+                    self.sup_params[sup.proc.pid] = params
         finally:
             cache.close()
 
@@ -290,11 +293,12 @@ class ChaosRun:
         params: dict[str, Any] = doc.get("params") or {}
         return params
 
-    def _wait_ready(self, timeout: float, *, backfilled: bool) -> None:
-        """Until every exchange's current worker beats ``running`` (and, if asked, has backfilled everything)."""
+    def _wait_ready(self, timeout: float) -> None:
+        """Until every exchange's current worker beats ``running`` (first live data, or caught up when quiet)."""
         cache = self._open_cache()
         deadline = time.monotonic() + timeout
         waiting: dict[str, str] = {}
+        next_note = time.monotonic() + 10.0
         try:
             while time.monotonic() < deadline:
                 sup = self.sup
@@ -310,18 +314,65 @@ class ChaosRun:
                         waiting[ex] = "no heartbeat from the current worker"
                     elif beat.get("state") != "running":
                         waiting[ex] = f"state {beat.get('state')}"
-                    elif backfilled:
-                        syms = beat.get("symbols") or {}
-                        behind = [s for s, v in syms.items() if float((v or {}).get("backfill_pct") or 0) < 100.0]
-                        if behind:
-                            waiting[ex] = "backfilling " + ",".join(behind)
                 if not waiting:
                     return
+                if time.monotonic() >= next_note:
+                    self.say("waiting for workers: " + "; ".join(f"{k}: {v}" for k, v in waiting.items()))
+                    next_note = time.monotonic() + 10.0
                 time.sleep(0.25)
         finally:
             cache.close()
         why = "; ".join(f"{k}: {v}" for k, v in waiting.items())
         raise RunAborted(f"workers not ready after {timeout:.0f}s: {why}")
+
+    def _stored_latest(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int | None]:
+        """The newest stored trade time of each (exchange, symbol), read through the store API."""
+        from fullon_ohlcv_service.adapters.stores import open_ohlcv_store
+
+        url = parse_store_url("ohlcv-db", self.env["OHLCV_DB"], ("sqlite", "postgresql"))
+
+        async def read() -> dict[tuple[str, str], int | None]:
+            out: dict[tuple[str, str], int | None] = {}
+            for ex in dict.fromkeys(e for e, _ in pairs):
+                if url.kind == "sqlite" and not (url.path / f"{ex}.sqlite").is_file():
+                    continue  # never collected (and not created by a reader)
+                async with open_ohlcv_store(url, ex) as store:
+                    for e, sym in pairs:
+                        if e == ex and await store.has_symbol(sym):
+                            latest = await store.latest_trade(sym)
+                            out[(ex, sym)] = latest[0] if latest else None
+            return out
+
+        try:
+            return asyncio.run(read())
+        except OhlcvError:
+            return {}
+
+    def _last_true_trade(self, ex: str, sym: str, before: int) -> int | None:
+        for span in (15 * 60_000, (self.opts.backtest_days + 1) * DAY_MS):
+            trades = self._truth_trades(ex, sym, before - span, before)
+            if trades:
+                return int(max(t.ts for t in trades))
+        return None
+
+    def _wait_caught_up(self, need: Mapping[tuple[str, str], int], timeout: float) -> bool:
+        """Until the store holds, for every symbol, a trade at least as new as the last one before the restart."""
+        deadline = time.monotonic() + timeout
+        next_note = time.monotonic() + 10.0
+        behind: dict[tuple[str, str], int | None] = {}
+        while time.monotonic() < deadline:
+            latest = self._stored_latest(list(need))
+            behind = {k: latest.get(k) for k, ts in need.items() if (latest.get(k) or 0) < ts}
+            if not behind:
+                return True
+            if time.monotonic() >= next_note:
+                self.say("catching up: " + "; ".join(f"{e} {s}" for e, s in behind))
+                next_note = time.monotonic() + 10.0
+            time.sleep(1.0)
+        why = "; ".join(f"{e} {s} stored up to {ms_to_iso(v) if v else 'nothing'}, last true trade "
+                        f"{ms_to_iso(need[(e, s)])}" for (e, s), v in behind.items())
+        self.errors.append(f"catch-up did not finish within {timeout:.0f}s: {why}")
+        return False
 
     # ------------------------------------------------------------------ faults
 
@@ -501,7 +552,7 @@ class ChaosRun:
     def _restarts(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         events = self.watch.events()
-        sup_ex = (self.sup_params.get("exchanges") or {}) if self.sup_params else {}
+        sup_ex = self.sup_params.get(self.fault_master, {}).get("exchanges") or {}
         for ex in self.opts.exchanges:
             pids = [e for e in events if e.exchange == ex and e.mono <= self.phase_end_mono]
             caused = sum(1 for r in self.applied if r.ok and r.fault.target == ex
@@ -520,9 +571,27 @@ class ChaosRun:
                                   f"(see the supervisor log)")
         return out
 
+    def _audit_targets(self) -> list[tuple[SymbolPlan, int]]:
+        """Each audited symbol with the wall time its first worker started (the base of its window)."""
+        targets: list[tuple[SymbolPlan, int]] = []
+        for s in self.symbols:
+            if s.initial and s.exchange in self.first_seen:
+                targets.append((s, self.first_seen[s.exchange]))
+        for add in self.added:
+            ev = self.watch.first_after(add.plan.exchange, add.mono)
+            targets.append((add.plan, max(add.wall_ms, ev.wall_ms if ev else 0)))
+        return targets
+
     def _phase_catchup(self) -> None:
+        restart = now_ms()
+        need: dict[tuple[str, str], int] = {}
+        for s, _ in self._audit_targets():
+            last = self._last_true_trade(s.exchange, s.symbol, restart)
+            if last is not None:
+                need[(s.exchange, s.symbol)] = last
         sup = self._start_supervisor("supervisor-catchup")
-        self._wait_ready(self.opts.catchup_timeout, backfilled=True)
+        self._wait_ready(self.opts.ready_timeout)
+        self._wait_caught_up(need, self.opts.catchup_timeout)
         time.sleep(3.0)
         self.stop_ms = now_ms()
         rc, took = self._stop_supervisor(sup)
@@ -532,11 +601,11 @@ class ChaosRun:
 
     # ------------------------------------------------------------------ audit
 
-    def _truth_trades(self, ex: str, sym: str, since: int, until: int) -> list[Any]:
+    def _truth_trades(self, ex: str, sym: str, since: int, until: int) -> list[Trade]:
         q = urllib.parse.urlencode({"exchange": ex, "symbol": sym, "since": since, "until": until})
         return [audit.truth_trade(d) for d in self._http("GET", f"/_sim/trades?{q}", timeout=120)]
 
-    def _truth_candles(self, ex: str, sym: str, since: int, until: int) -> list[Any]:
+    def _truth_candles(self, ex: str, sym: str, since: int, until: int) -> list[Candle]:
         q = urllib.parse.urlencode({"exchange": ex, "symbol": sym, "since": since, "until": until})
         return [audit.truth_candle(r) for r in self._http("GET", f"/_sim/candles?{q}", timeout=120)]
 
@@ -552,13 +621,7 @@ class ChaosRun:
 
     def _audit(self) -> list[SymbolResult]:
         results: list[SymbolResult] = []
-        targets: list[tuple[SymbolPlan, int]] = []
-        for s in self.symbols:
-            if s.initial and s.exchange in self.first_seen:
-                targets.append((s, self.first_seen[s.exchange]))
-        for add in self.added:
-            ev = self.watch.first_after(add.plan.exchange, add.mono)
-            targets.append((add.plan, max(add.wall_ms, ev.wall_ms if ev else 0)))
+        targets = self._audit_targets()
         for s, first in targets:
             since, until = audit.trade_window(first, self.opts.backtest_days, self.stop_ms,
                                               slack_ms=self.opts.slack_ms, margin_ms=self.opts.margin_ms)
@@ -588,8 +651,8 @@ class ChaosRun:
             self.watch.start()
             self._sampler = threading.Thread(target=self._sample, name="chaos-sampler", daemon=True)
             self._sampler.start()
-            self._start_supervisor("supervisor")
-            self._wait_ready(self.opts.ready_timeout, backfilled=False)
+            self.fault_master = self._start_supervisor("supervisor").proc.pid
+            self._wait_ready(self.opts.ready_timeout)
             for ev in self.watch.events():
                 self.first_seen.setdefault(ev.exchange, ev.wall_ms)
             self._phase_faults()
