@@ -8,7 +8,7 @@ import math
 from fullon_ohlcv_service.collectors.backfill import Cursor, page_candles, page_trades
 from fullon_ohlcv_service.collectors.candles import candles_from_trades
 from fullon_ohlcv_service.collectors.trades import SymbolRun, TradeCollector
-from fullon_ohlcv_service.errors import PermanentError
+from fullon_ohlcv_service.errors import PermanentError, TransientError
 from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.timeutil import MINUTE_MS, now_ms
 
@@ -84,7 +84,10 @@ class CandleCollector:
             await asyncio.sleep(self.reconcile_every)
             for run in list(self.t.runs.values()):
                 if run.error is None and run.synced:
-                    await self.reconcile(run)
+                    try:
+                        await self.reconcile(run)
+                    except TransientError as exc:
+                        self.log.warning("candle reconciliation skipped", symbol=run.symbol, error=str(exc))
 
     async def reconcile(self, run: SymbolRun) -> int:
         """Compare the last few final candles with the exchange's; repair the minutes that differ."""
@@ -112,7 +115,10 @@ class CandleCollector:
     async def gap_loop(self) -> None:
         while True:
             await asyncio.sleep(self.gap_every)
-            await self.check_gaps()
+            try:
+                await self.check_gaps()
+            except TransientError as exc:  # the store or the exchange is down: try again next round
+                self.log.warning("gap check skipped", error=str(exc))
 
     async def check_gaps(self) -> int:
         """Repair the committed history's candle gaps (minutes with no candle and no coverage)."""

@@ -18,7 +18,6 @@ from fullon_ohlcv_service.errors import (
     EXIT_CRASH,
     EXIT_OK,
     ConfigError,
-    PermanentError,
     TransientError,
 )
 from fullon_ohlcv_service.log import Log
@@ -37,7 +36,8 @@ class Tuning:
     reconcile_every: float = 60.0
     gap_every: float = 60.0
     housekeeping_every: float = 1.0
-    failing_after: int = 3  # consecutive crashes of one task before the worker reports "error"
+    failing_after: int = 3  # crashes of one task within failing_window before the worker reports "error"
+    failing_window: float = 120.0
 
 
 class WorkerRuntime:
@@ -61,8 +61,8 @@ class WorkerRuntime:
         self.stop = asyncio.Event()
         self.started_ms = now_ms()
         self.errors = 0
-        self.crashes: dict[str, int] = {}
-        self.failing: str | None = None
+        self.crashes: dict[str, list[float]] = {}
+        self.crash_messages: dict[str, str] = {}
         self.unknown: dict[str, str] = {}
         self.trades: TradeCollector | None = None
         self.candles: CandleCollector | None = None
@@ -221,25 +221,31 @@ class WorkerRuntime:
                 return
             except asyncio.CancelledError:
                 raise
-            except PermanentError as exc:
+            except TransientError as exc:  # a store or exchange outage: the task retries, nothing is broken
                 self.errors += 1
-                self._crashed(name, exc, started)
-            except Exception as exc:
+                self.log.warning("collector interrupted; retrying", task=name, error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a crashing collector must not take down the rest
                 self.errors += 1
                 self.log.exception("collector crashed; restarting", task=name)
-                self._crashed(name, exc, started)
+                self._crashed(name, exc)
+            if time.monotonic() - started > 60:
+                delay = 0.5
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    def _crashed(self, name: str, exc: BaseException, started: float) -> None:
-        if time.monotonic() - started > 60:
-            self.crashes[name] = 0
-            if self.failing and self.failing.startswith(name + ":"):
-                self.failing = None
-        n = self.crashes[name] = self.crashes.get(name, 0) + 1
-        self.log.warning("collector failed", task=name, error=f"{type(exc).__name__}: {exc}", crashes=n)
-        if n >= self.tuning.failing_after:
-            self.failing = f"{name}: {type(exc).__name__}: {exc}"
+    def _crashed(self, name: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        times = [t for t in self.crashes.get(name, []) if now - t < self.tuning.failing_window] + [now]
+        self.crashes[name] = times
+        self.crash_messages[name] = f"{name}: {type(exc).__name__}: {exc}"
+
+    def failing_message(self) -> str | None:
+        """A task that crashed ``failing_after`` times within ``failing_window`` seconds: the worker is failing."""
+        now = time.monotonic()
+        for name, times in self.crashes.items():
+            if sum(1 for t in times if now - t < self.tuning.failing_window) >= self.tuning.failing_after:
+                return self.crash_messages.get(name)
+        return None
 
     async def _shutdown(
         self, tasks: list[asyncio.Task[None]], writer: BatchWriter, writer_task: asyncio.Task[None]
@@ -271,7 +277,7 @@ class WorkerRuntime:
         snap = Snapshot(
             exchange=self.spec.name, pid=os.getpid(), started_ms=self.started_ms,
             live=tr is not None and tr.live_trades > 0 and any(r.ever_synced for r in tr.runs.values()),
-            behind=wr is not None and wr.behind, failing=self.failing,
+            behind=wr is not None and wr.behind, failing=self.failing_message(),
             loop_lag_ms=self.lag.take(), errors=self.errors + (wr.write_errors if wr else 0),
         )
         if tr is not None:

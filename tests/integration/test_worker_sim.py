@@ -287,10 +287,15 @@ def test_postgres_store_and_redis_cache(tmp_path: Path, home: Path, sim: Sim, ex
 
     def read_raw_heartbeat(w: Worker) -> None:
         client = redis.Redis.from_url(redis_url)
-        try:
+
+        def running() -> bool:
             pid = client.hget("process:components", f"ohlcv-worker:{exchange}")
             assert pid is not None
             heartbeat.update(json.loads(client.get(f"process:data:{pid.decode()}") or b"{}"))
+            return bool(heartbeat["params"]["state"] == "running")  # not "behind": the backfill is written
+
+        try:
+            wait_for(running, 30, "state running", w)
             assert client.get(f"TRADE:STATUS:{exchange}") is not None
         finally:
             client.close()
