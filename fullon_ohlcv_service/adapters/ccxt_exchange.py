@@ -18,7 +18,7 @@ Behaviour worth knowing (checked against ccxt 4.5.90's source):
 - Binance: one trade-id space on both sides, the aggregate id (``/api/v3/aggTrades`` for REST,
   ``@aggTrade`` streams for the websocket). ccxt asks aggTrades for ``[since, since + 1 h]``, so an
   hour without trades is an empty page: ``fetch_trades`` steps forward an hour at a time until it
-  finds trades or reaches now. Only spot markets are loaded.
+  finds a trade after the ``since`` millisecond or reaches now. Only spot markets are loaded.
 - Kraken: REST ``Trades`` is asked with a nanosecond cursor (``since * 1e6 - 1``), not ccxt's whole
   seconds, so a page starts exactly at ``since``. A page may end inside a millisecond whose other
   trades begin the next page: callers page with ``since = last ts`` and dedup by id.
@@ -487,11 +487,13 @@ class CcxtExchange:
 
     async def _binance_trades(self, symbol: str, since: int, limit: int | None) -> list[Trade]:
         rest, _ = self._clients()
-        start = since
+        start, page = since, list[Trade]()
         while True:
             raw = await rest.fetch_trades(symbol, start, limit)  # aggTrades, [start, start + 1 h]
-            page = self._parse_page(raw, since)
-            if page or start + HOUR_MS >= now_ms():
+            page = self._merge(page, self._parse_page(raw, since))
+            # Step to the next hour while the window held everything it had (not a full page) and
+            # nothing after the `since` millisecond: otherwise a (ts, id) cursor could not move on.
+            if len(raw) >= (limit or 500) or (page and page[-1].ts > since) or start + HOUR_MS >= now_ms():
                 break
             start += HOUR_MS + 1
         for _ in range(_MAX_EXTEND):  # a full page inside the `since` ms: continue by aggregate id

@@ -124,8 +124,8 @@ async def test_full_page_inside_one_millisecond_is_extended(sim: Simulator, name
 
 
 async def test_binance_steps_over_quiet_hours() -> None:
-    symbols = {"binance": ("BTC/USDT@0.0003", "ETH/USDT@0")}
-    async with Simulator(seed=11, symbols=symbols, history_days=0.4) as s, \
+    symbols = {"binance": ("BTC/USDT@0.0002", "ETH/USDT@0")}
+    async with Simulator(seed=11, symbols=symbols, history_days=1.0) as s, \
             CcxtExchange(ExchangeSpec(name="binance"), simulator=s.url) as ex:
         until = s.now() - 1000
         truth = _truth(s, "binance", "BTC/USDT", s.genesis_ms, until)
@@ -133,6 +133,10 @@ async def test_binance_steps_over_quiet_hours() -> None:
         assert len(truth) >= 2 and max(b - a for a, b in itertools.pairwise(points)) > 3_600_000
         got, _ = await _page_all_trades(ex, "BTC/USDT", s.genesis_ms, until)
         assert _rows(got) == truth
+        # from a trade followed by an hour or more of silence, the page still reaches the next trade
+        lonely = next((a, b) for a, b in itertools.pairwise(truth) if b[0] - a[0] > 3_600_000 and a[0] != b[0])
+        page = _rows(await ex.fetch_trades("BTC/USDT", lonely[0][0]))
+        assert page[0] == lonely[0] and lonely[1] in page
         t0 = time.monotonic()
         assert await ex.fetch_trades("ETH/USDT", s.genesis_ms) == []  # no trade at all until now
         assert time.monotonic() - t0 < 10
