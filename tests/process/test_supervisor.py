@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fullon_ohlcv_service.errors import EXIT_ALL_FATAL
-from fullon_ohlcv_service.timeutil import now_ms
+from fullon_ohlcv_service.timeutil import now_ms, parse_time
 from tests.process.harness import System, children, cmdline, proc_alive, session_members, wait_for
 
 pytestmark = pytest.mark.slow
@@ -198,4 +198,20 @@ def test_redis_outage_of_30s_restarts_nobody(system: System) -> None:
     log = system.log()
     assert log.count("process cache unreadable: worker liveness unknown") == 1
     assert "worker hung" not in log and "worker died" not in log
+    assert system.stop_supervisor() == 0
+
+
+def test_a_quiet_market_is_not_a_hang(system: System) -> None:
+    system.start_simulator(symbols="kraken:BTC/USD@0;binance:BTC/USDT@4")
+    system.setup_config({"kraken": ["BTC/USD"]})
+    system.start_supervisor("--exchanges", "kraken")
+    pid = system.wait_beating("kraken", 30)
+    time.sleep(5.0 + 2 * 3.0)  # boot grace, then twice the heartbeat timeout without a single trade
+    st = system.state("kraken")
+    assert (st["pid"], st["restarts"], st["state"]) == (pid, 0, "running"), st
+    doc = system.worker_doc("kraken")
+    assert doc is not None and doc["params"]["pid"] == pid
+    assert now_ms() - parse_time(doc["heartbeat"]) < 3000  # the loop beats although no data arrives
+    assert doc["params"]["symbols"]["BTC/USD"]["last_trade_ms"] is None
+    assert "worker hung" not in system.log()
     assert system.stop_supervisor() == 0
