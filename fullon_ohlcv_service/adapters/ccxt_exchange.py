@@ -265,6 +265,8 @@ def _tap_cache(limit: int, sink: Callable[[dict[str, Any]], None]) -> Any:
     from ccxt.async_support.base.ws.cache import ArrayCache
 
     class TapCache(ArrayCache):  # type: ignore[misc]
+        ohlcv_tap = True
+
         def append(self, item: dict[str, Any]) -> None:
             super().append(item)
             sink(item)
@@ -362,7 +364,6 @@ class CcxtExchange:
         self._markets_lock = asyncio.Lock()
         self._pending: collections.deque[tuple[str, Trade]] = collections.deque()
         self._overflowed = 0
-        self._tapped: set[str] = set()
         self._watched: frozenset[str] = frozenset()
         self._frame_seen: dict[str, int] = {}
         self._ohlcv: dict[str, _OhlcvState] = {}
@@ -576,10 +577,9 @@ class CcxtExchange:
     def _tap(self, symbols: Sequence[str]) -> None:
         _, pro = self._clients()
         limit = int(pro.safe_integer(pro.options, "tradesLimit", 1000))
-        for symbol in symbols:
-            if symbol not in self._tapped:
+        for symbol in symbols:  # (re)install where ccxt has none or replaced ours (unsubscribe, clean-up)
+            if not getattr(pro.trades.get(symbol), "ohlcv_tap", False):
                 pro.trades[symbol] = _tap_cache(limit, self._sink(symbol))
-                self._tapped.add(symbol)
 
     async def watch_trades(self, symbols: Sequence[str]) -> list[tuple[str, Trade]]:
         """Every live trade of ``symbols`` received since the previous call, as (symbol, trade).

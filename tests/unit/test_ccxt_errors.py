@@ -221,3 +221,31 @@ async def test_methods_raise_only_our_errors_when_not_open() -> None:
     with pytest.raises(TransientError):
         await ex.load_markets()
     await ex.close()  # closing an unopened client is fine
+
+
+async def test_live_buffer_overflow_is_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cx, "MAX_PENDING_TRADES", 5)
+    async with cx.CcxtExchange(ExchangeSpec(name="kraken")) as ex:
+        ex._markets = {"BTC/USD"}
+        sink = ex._sink("BTC/USD")
+        for i in range(8):
+            sink({"timestamp": 1_700_000_000_000 + i, "id": str(i), "price": 1.0, "amount": 1.0, "side": "buy"})
+        assert len(ex._pending) == 5
+        with pytest.raises(TransientError, match="overflowed, 3 trade"):
+            await ex.watch_trades(["BTC/USD"])
+        assert not ex._pending  # the caller catches up over REST from its own cursor
+        sink({"timestamp": 1, "id": "x", "price": None, "amount": 1.0, "side": "buy"})  # bad data: counted
+        assert ex.malformed_frames == 1 and not ex._pending
+
+
+async def test_tapped_cache_feeds_watch_trades_for_every_symbol() -> None:
+    async with cx.CcxtExchange(ExchangeSpec(name="kraken")) as ex:
+        ex._markets = {"BTC/USD", "ETH/USD"}
+        ex._tap(["BTC/USD", "ETH/USD"])
+        for sym, tid in (("BTC/USD", "1"), ("ETH/USD", "2"), ("BTC/USD", "3")):
+            ex._pro.trades[sym].append({"symbol": sym, "timestamp": 5, "id": tid, "price": 2.0, "amount": 1.0,
+                                        "side": "sell", "type": "market"})
+        ex._watched = frozenset({"BTC/USD", "ETH/USD"})
+        got = await ex.watch_trades(["BTC/USD", "ETH/USD"])  # buffered: returns without waiting
+        assert [(s, t.id) for s, t in got] == [("BTC/USD", "1"), ("ETH/USD", "2"), ("BTC/USD", "3")]
+        assert len(ex._pro.trades["BTC/USD"]) == 2  # ccxt's own cache still works
