@@ -408,7 +408,7 @@ class CcxtExchange:
 
     def _clients(self) -> tuple[Any, Any]:
         if self._rest is None or self._pro is None:
-            raise TransientError(f"{self.name}: exchange client is not open (use 'async with')")
+            raise PermanentError(f"{self.name}: exchange client is not open (use 'async with')")
         return self._rest, self._pro
 
     # ---- markets
@@ -432,8 +432,9 @@ class CcxtExchange:
         return set(self._markets)
 
     async def _market(self, symbol: str) -> None:
-        markets = await self.load_markets()
-        if symbol not in markets:
+        if self._markets is None:
+            await self.load_markets()
+        if symbol not in (self._markets or ()):
             raise SymbolUnknown(f"{self.name} does not list symbol {symbol!r}")
 
     # ---- REST

@@ -218,8 +218,10 @@ async def test_binance_kline_closed_flag_is_captured() -> None:
 
 async def test_methods_raise_only_our_errors_when_not_open() -> None:
     ex = cx.CcxtExchange(ExchangeSpec(name="kraken"))
-    with pytest.raises(TransientError):
+    with pytest.raises(PermanentError, match="not open"):
         await ex.load_markets()
+    with pytest.raises(PermanentError, match="not open"):
+        await ex.watch_trades(["BTC/USD"])
     await ex.close()  # closing an unopened client is fine
 
 
