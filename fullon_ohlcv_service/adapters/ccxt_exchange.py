@@ -1,8 +1,11 @@
 """The ccxt exchange adapter: every ccxt quirk lives here, behind ports.ExchangeClient.
 
 One ``CcxtExchange`` per exchange holds a ``ccxt.async_support`` REST client and a ``ccxt.pro``
-websocket client that share one set of markets (loaded once over REST). It returns our models
-(Trade, Candle) only and raises only our errors (``errors.py``) and ``CancelledError``.
+websocket client that share one set of markets, loaded once over REST by the first call that needs
+them (``__aenter__`` does no network I/O, so an unreachable exchange is a TransientError of that
+call, not a boot failure). It returns our models (Trade, Candle) only and raises only our errors
+(``errors.py``, mapped by ``classify``) and ``CancelledError``. Construction raises
+ExchangeUnsupported at once for an exchange ccxt lacks (``check_exchange_supported``).
 
 Per-exchange parameters (``ExchangeSpec.params``, i.e. fullon's ``cat_exchanges_params``); unknown
 names are ignored (other fullon services share that table), bad values raise ConfigError:
@@ -22,14 +25,20 @@ Behaviour worth knowing (checked against ccxt 4.5.90's source):
 - Kraken: REST ``Trades`` is asked with a nanosecond cursor (``since * 1e6 - 1``), not ccxt's whole
   seconds, so a page starts exactly at ``since``. A page may end inside a millisecond whose other
   trades begin the next page: callers page with ``since = last ts`` and dedup by id.
-- A page whose every trade sits in the ``since`` millisecond is extended (Kraken's ``last`` cursor,
-  Binance's ``fromId``) so that a (ts, id) cursor always moves forward.
+- A full page whose every trade sits in the ``since`` millisecond is extended (Kraken's ``last``
+  cursor, Binance's ``fromId``) so that a (ts, id) cursor always moves forward.
+- Kraken answers an unknown pair with ``EQuery:Unknown asset pair``, which ccxt leaves a plain
+  ExchangeError: it is mapped to SymbolUnknown like Binance's BadSymbol (-1121).
 - ``watch_trades`` does not use the return value of ccxt's ``watch_trades_for_symbols``: with many
   symbols on one socket, ccxt returns only the first symbol's new trades and keeps the others
   for later (and drops them once its 1000-row cache wraps). Instead every trade ccxt parses is
   tapped into our own bounded queue, so each call returns every trade of every symbol received
   since the previous call, in arrival order. If that queue overflows (the caller stopped reading
   for a long time), the next call raises TransientError so the caller catches up over REST.
+  Pass the same symbol list on every call (a new list is a new ccxt subscription).
+- A websocket drop fails the pending watch with TransientError; a drop while no watch was pending
+  (the caller was busy storing) is reported by the next call of each kind of watch, once, so the
+  caller always knows to catch up. The call after that reconnects and resubscribes (ccxt).
 - ``watch_ohlcv`` finality: Binance's kline ``x`` flag is captured from the raw frame (ccxt drops
   it); on both exchanges a candle is also final once an update for a later minute arrives (Kraken
   has no closed flag). The previous minute is then re-emitted with ``final=True``. A candle seen
