@@ -195,6 +195,12 @@ class Report:
                          f"over {det['count']} faults")
         else:
             lines.append("detection (fault -> new worker): none measured")
+        served = self.context.get("simulator_stats", {}).get("exchanges") if self.context else None
+        if served:
+            lines.append("simulator faults served: " + "; ".join(
+                f"{ex}: " + " ".join(f"{k}={v}" for k, v in sorted(((info.get("faults") or {}).get("counts")
+                                                                   or {}).items()))
+                for ex, info in sorted(served.items())))
         lines.append("audit:")
         for r in self.results:
             tr, ca = r.trades, r.candles

@@ -661,6 +661,7 @@ class ChaosRun:
             results = self._audit()
             with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
                 self.sim_stats = self._http("GET", "/_sim/stats", timeout=10)
+            self._note_unserved()
         except RunAborted as exc:
             self.errors.append(f"run aborted: {exc}")
             self.say(f"ABORTED: {exc}")
@@ -684,6 +685,13 @@ class ChaosRun:
             shutil.rmtree(self.dir, ignore_errors=True)
             report.context["run_dir"] = None
         return report
+
+    def _note_unserved(self) -> None:
+        """Simulator faults requested but never served (no request came while they were pending)."""
+        for ex, info in (self.sim_stats.get("exchanges") or {}).items():
+            pending = {k: v for k, v in ((info.get("faults") or {}).get("pending") or {}).items() if v}
+            if pending:
+                self.notes.append(f"{ex}: simulator faults never served: {pending}")
 
     def _cleanup(self) -> None:
         self._sampler_stop.set()
