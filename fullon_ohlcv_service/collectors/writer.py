@@ -52,6 +52,8 @@ class _Op:
 class BatchWriter:
     """Queue rows for one store and write them in batches.
 
+    - A batch holds about ``flush_rows`` rows; while a backlog is queued (the store was slow or
+      down) batches grow to ``backlog_factor`` times that, so fewer round trips carry the catch-up.
     - Order is kept: an operation is committed only after every operation queued before it, and
       within a batch trades are written before candles, candles before coverage records.
     - Bounded: ``put_*`` waits while the queue holds ``buffer_rows`` rows (backpressure; nothing
@@ -69,6 +71,7 @@ class BatchWriter:
         buffer_rows: int = 50_000,
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
+        backlog_factor: int = 10,
         log: Log | None = None,
     ) -> None:
         self._store = store
@@ -77,6 +80,7 @@ class BatchWriter:
         self.buffer_rows = max(buffer_rows, flush_rows)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.backlog_factor = max(1, backlog_factor)
         self._log = log or Log("fullon.ohlcv.writer")
         self._queue: deque[_Op] = deque()
         self._rows = 0  # rows queued, including the batch being written
@@ -192,8 +196,10 @@ class BatchWriter:
     async def _flush_one_batch(self) -> None:
         batch: list[_Op] = []
         rows = 0
+        # a backlog is written in bigger batches (fewer round trips per row) so the store catches up
+        cap = self.flush_rows * (self.backlog_factor if self._rows > 2 * self.flush_rows else 1)
         for op in self._queue:
-            if batch and rows + op.rows > self.flush_rows:
+            if batch and rows + op.rows > cap:
                 break
             batch.append(op)
             rows += op.rows

@@ -70,7 +70,9 @@ async def test_flush_on_size_before_interval() -> None:
     store = MemStore()
     w = BatchWriter(store, flush_rows=100, flush_interval=30.0, buffer_rows=1000)
     task = await run_writer(w)
-    await w.put_trades("A", trades(300))
+    await w.put_trades("A", trades(200))
+    await asyncio.wait_for(w.wait_committed(), 2.0)
+    await w.put_trades("A", trades(100, start=200))
     await asyncio.wait_for(w.wait_committed(), 2.0)
     assert len(store.trades["A"]) == 300
     assert all(n <= 100 for _, n in store.calls)
@@ -157,6 +159,20 @@ async def test_drain_times_out_when_database_stays_down() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_backlog_is_written_in_bigger_batches() -> None:
+    store = MemStore()
+    store.down = True
+    w = BatchWriter(store, flush_rows=10, flush_interval=0.01, buffer_rows=1000, backoff_initial=0.01,
+                    backoff_max=0.02, backlog_factor=5)
+    task = await run_writer(w)
+    await w.put_trades("A", trades(200))
+    await asyncio.sleep(0.05)
+    store.down = False
+    await asyncio.wait_for(w.wait_committed(), 2.0)
+    assert max(n for _, n in store.calls) == 50 and len(store.trades["A"]) == 200
+    task.cancel()
 
 
 def test_merge_intervals() -> None:
