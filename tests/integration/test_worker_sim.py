@@ -110,7 +110,8 @@ def configure(settings: Settings, exchange: str, symbols: tuple[str, ...], backt
     async def go() -> None:
         async with ConfigDB(settings, create=True) as db:
             await db.init()
-            await db.add_exchange(exchange)
+            if await db.cat_ex_id(exchange) is None:
+                await db.add_exchange(exchange)
             for s in symbols:
                 await db.add_symbol(exchange, s.split("@")[0], backtest=backtest)
 
@@ -189,7 +190,7 @@ def live_and_synced(settings: Settings, exchange: str, symbols: int, pid: int | 
     p = data["params"]
     if pid is not None and p.get("pid") != pid:
         return False
-    syms = p.get("symbols", {})
+    syms = {k: v for k, v in p.get("symbols", {}).items() if v["error"] is None}
     return (p.get("state") in ("running", "behind") and len(syms) == symbols
             and all(s["backfill_pct"] == 100.0 for s in syms.values()))
 
@@ -266,10 +267,25 @@ def run_and_audit(tmp: Path, sim: Sim, exchange: str, settings: Settings, live_s
 
 
 # ---- the tests ---------------------------------------------------------------------------------------
+UNLISTED = {"kraken": "DOGE/USD", "binance": "DOGE/USDT"}
+
+
 @pytest.mark.parametrize("exchange", ["kraken", "binance"])
 def test_sqlite_store_and_sqlite_cache(tmp_path: Path, home: Path, sim: Sim, exchange: str) -> None:
+    """Also: a symbol the exchange does not list is an error in its heartbeat entry; the others run."""
     settings = worker_settings(home)
-    w, _ = run_and_audit(tmp_path, sim, exchange, settings)
+    configure(settings, exchange, (UNLISTED[exchange],))
+    seen: dict[str, Any] = {}
+
+    def read(w: Worker) -> None:
+        data = beat(settings, exchange)
+        assert data is not None
+        seen.update(data)
+
+    w, _ = run_and_audit(tmp_path, sim, exchange, settings, during=read)
+    entry = seen["params"]["symbols"][UNLISTED[exchange]]
+    assert entry["error"] and "SymbolUnknown" in entry["error"]
+    assert seen["params"]["state"] in ("running", "behind") and UNLISTED[exchange] in seen["message"]
     assert beat(settings, exchange) is None, "a stopped worker leaves process:components"
     data = beat(settings, exchange, w.process_id)
     assert data is not None and data["status"] == "stopped"
@@ -314,3 +330,21 @@ def test_postgres_store_and_redis_cache(tmp_path: Path, home: Path, sim: Sim, ex
                               "backfill_pct", "error"}
         assert entry["backfill_pct"] == 100.0 and entry["error"] is None
         assert entry["trades_stored"] > 0 and entry["candles_stored"] > 0 and entry["last_trade_ms"] > 0
+
+
+def test_exchange_ccxt_lacks_exits_with_config_code(home: Path) -> None:
+    settings = worker_settings(home)
+    r = subprocess.run([str(BIN / "ohlcv-worker"), "--exchange", "bitmex", "--home", str(home)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "bitmex" in lines[0]
+    del settings
+
+
+def test_unconfigured_exchange_exits_with_config_code(home: Path) -> None:
+    settings = worker_settings(home)
+    configure(settings, "kraken", ("BTC/USD",))
+    r = subprocess.run([str(BIN / "ohlcv-worker"), "--exchange", "binance", "--home", str(home)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78 and "binance" in r.stderr, r.stderr
