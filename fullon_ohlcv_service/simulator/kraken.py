@@ -306,7 +306,7 @@ class Kraken(Venue):
 
     def _trade_frame(self, symbol: str, trades: list[SimTrade], kind: str = "update") -> str:
         return dumps({"channel": "trade", "type": kind, "data": [
-            {"symbol": symbol, "side": "buy" if t.buy else "sell", "price": float(t.price), "qty": float(t.amount),
+            {"symbol": symbol, "side": "buy" if t.buy else "sell", "price": t.price_f, "qty": t.amount_f,
              "ord_type": ord_type(t), "trade_id": t.id, "timestamp": iso_us(t.ts)} for t in trades]})
 
     @staticmethod

@@ -63,19 +63,37 @@ def _fixed(units: int, decimals: int) -> str:
 
 
 class SimTrade:
-    """One generated trade. ``price``/``amount`` are the exact wire texts; floats are derived from them."""
+    """One generated trade: integer price ticks and amount units; the exact wire texts are derived on demand."""
 
-    __slots__ = ("amount", "amount_units", "buy", "id", "price", "price_ticks", "ts")
+    __slots__ = ("ad", "amount_units", "buy", "id", "pd", "price_ticks", "ts")
 
     def __init__(self, ts: int, id: int, price_ticks: int, amount_units: int, buy: bool,
-                 price: str, amount: str) -> None:
+                 pd: int, ad: int) -> None:
         self.ts = ts
         self.id = id
         self.price_ticks = price_ticks
         self.amount_units = amount_units
         self.buy = buy
-        self.price = price
-        self.amount = amount
+        self.pd = pd
+        self.ad = ad
+
+    @property
+    def price(self) -> str:
+        """Fixed-decimal text, e.g. ``"63912.4"``."""
+        return _fixed(self.price_ticks, self.pd)
+
+    @property
+    def amount(self) -> str:
+        return _fixed(self.amount_units, self.ad)
+
+    @property
+    def price_f(self) -> float:
+        """The float ``float(self.price)`` gives (an exact int over a power of ten is correctly rounded)."""
+        return self.price_ticks / float(10**self.pd)
+
+    @property
+    def amount_f(self) -> float:
+        return self.amount_units / float(10**self.ad)
 
     @property
     def side(self) -> str:
@@ -265,7 +283,7 @@ class Market:
             # more buys on upticks, more sells on downticks
             buy = rnd() < (0.65 if x >= last_x else 0.35)
             last_x = x
-            out.append(SimTrade(base_ts + off, base_id + i, ticks, units, buy, _fixed(ticks, pd), _fixed(units, ad)))
+            out.append(SimTrade(base_ts + off, base_id + i, ticks, units, buy, pd, ad))
         return out
 
     def iter_trades(self, since: int, until: int) -> Iterator[SimTrade]:
