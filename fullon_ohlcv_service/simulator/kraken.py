@@ -14,7 +14,8 @@ OHLC_MAX_BARS = 720
 TRADES_MAX = 1000
 SNAPSHOT_TRADES = 50
 SNAPSHOT_CANDLES = 10
-FRAME_TRADES = 1000  # trades per websocket update frame in burst mode
+FRAME_TRADES = 1000
+HEARTBEAT_S = 1.0  # trades per websocket update frame in burst mode
 _NS_THRESHOLD = 10**14  # a Kraken `since` above this is a nanosecond cursor, below it seconds
 
 # Kraken's legacy asset ids (X for crypto, Z for fiat) and its altnames (XBT for BTC)
@@ -316,6 +317,8 @@ class Kraken(Venue):
                 "interval_begin": iso_us(c.ts), "interval": 1, "timestamp": iso_us(c.ts + BUCKET_MS)}
 
     async def pump(self, session: WsSession) -> None:
+        if time.monotonic() - session.last_sent >= HEARTBEAT_S:
+            await session.send_text('{"channel":"heartbeat"}')  # Kraken's once-a-second sign of life
         now = self.now()
         for key, cursor in list(session.subs.items()):
             assert isinstance(cursor, TradeCursor)

@@ -178,7 +178,7 @@ class Market:
     """All trades of one symbol on one simulated exchange; any window is generated on demand and cached."""
 
     def __init__(self, seed: int, exchange: str, config: SymbolConfig, genesis_ms: int = 0,
-                 cache_buckets: int = 2048) -> None:
+                 cache_trades: int = 300_000) -> None:
         self.seed = seed
         self.exchange = exchange
         self.config = config.resolved()
@@ -187,7 +187,8 @@ class Market:
         self._key = f"{seed}|{exchange}|{self.symbol}"
         self._cache: OrderedDict[int, list[SimTrade]] = OrderedDict()
         self._candles: OrderedDict[int, CandleText | None] = OrderedDict()
-        self._cache_size = cache_buckets
+        self._cache_trades = cache_trades  # bound on cached trades (memory), whatever the rate
+        self._cached = 0
         self._log_base = math.log(self.config.base_price)
         self._pd = self.config.price_decimals
         self._ad = self.config.amount_decimals
@@ -231,8 +232,9 @@ class Market:
             return cached
         trades = self._generate(b)
         self._cache[b] = trades
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._cached += len(trades)
+        while self._cached > self._cache_trades and len(self._cache) > 1:
+            self._cached -= len(self._cache.popitem(last=False)[1])
         return trades
 
     def _generate(self, b: int) -> list[SimTrade]:
@@ -345,7 +347,7 @@ class Market:
         text = CandleText(c, self._pd, self._ad) if c.count else None
         if complete:
             self._candles[minute_ts] = text
-            if len(self._candles) > self._cache_size * 4:
+            if len(self._candles) > 100_000:
                 self._candles.popitem(last=False)
         return text
 

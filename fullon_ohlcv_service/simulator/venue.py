@@ -94,6 +94,7 @@ class WsSession:
         self.opened = time.monotonic()
         self.lock = asyncio.Lock()
         self.tasks: list[asyncio.Task[None]] = []
+        self.last_sent = time.monotonic()
 
     async def send(self, obj: Any) -> None:
         await self.send_text(dumps(obj))
@@ -103,6 +104,7 @@ class WsSession:
             raise ConnectionResetError("websocket closed")
         await self.ws.send_str(text)
         self.venue.stats.frames_sent += 1
+        self.last_sent = time.monotonic()
 
     def close_soon(self, code: int = 1001) -> None:
         if not self.ws.closed:
