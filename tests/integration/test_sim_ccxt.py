@@ -351,3 +351,52 @@ async def test_periodic_drop_and_latency(sim: Simulator) -> None:
         await ex.close()
         await rest.close()
     assert sim.stats()["exchanges"]["kraken"]["faults"]["counts"]["ws_drop"] >= 1
+
+
+async def test_two_simulators_same_seed_agree_on_overlap() -> None:
+    t = 1_795_000_000_000
+    a = Simulator(seed=3, symbols={"kraken": ["BTC/USD@5"]}, history_days=0.02, clock=lambda: t)
+    b = Simulator(seed=3, symbols={"kraken": ["BTC/USD@5"]}, history_days=0.02, clock=lambda: t + 600_000)
+    c = Simulator(seed=4, symbols={"kraken": ["BTC/USD@5"]}, history_days=0.02, clock=lambda: t)
+    async with a, b, c:
+        lo, hi = b.genesis_ms, t
+        assert a.genesis_ms < lo < hi
+        overlap = a.trades("kraken", "BTC/USD", lo, hi)
+        assert len(overlap) > 100 and overlap == b.trades("kraken", "BTC/USD", lo, hi)
+        closed = hi - hi % BUCKET_MS  # for `a` the minute containing its now is still forming
+        assert a.candles("kraken", "BTC/USD", lo, hi) == b.candles("kraken", "BTC/USD", lo, closed)
+        assert len(b.candles("kraken", "BTC/USD", lo, hi + BUCKET_MS)) > len(a.candles("kraken", "BTC/USD", lo, hi))
+        assert overlap != c.trades("kraken", "BTC/USD", lo, hi)
+        assert a.trades("kraken", "BTC/USD", t - 60_000, t + 600_000)[-1]["timestamp"] <= t  # nothing after now
+
+
+async def test_burst_mode_streams_real_future_trades_fast() -> None:
+    async with Simulator(seed=2, symbols={"kraken": ["BTC/USD@200"]}, history_days=0.001, burst=True) as s:
+        ex = _pro(s, "kraken")
+        ex.options["tradesLimit"] = 100_000
+        got: list[dict[str, Any]] = []
+        try:
+            while len(got) < 5000:
+                got.extend(await asyncio.wait_for(ex.watch_trades("BTC/USD"), 5))
+        finally:
+            await ex.close()
+        assert got[-1]["timestamp"] > s.now()  # ahead of the wall clock: the market runs as fast as the socket
+        truth = [t.truth() for t in s.market("kraken", "BTC/USD").trades(got[0]["timestamp"],
+                                                                          got[-1]["timestamp"] + 1)]
+        assert _as_truth(got) == truth
+
+
+async def test_binance_from_id_pages(sim: Simulator) -> None:
+    ex = _rest(sim, "binance")
+    now = sim.now()
+    truth = sim.trades("binance", "BTC/USDT", now - 3 * BUCKET_MS, now - BUCKET_MS)
+    got: list[dict[str, Any]] = []
+    try:
+        from_id = truth[0]["id"]
+        while len(got) < len(truth):
+            page = await ex.fetch_trades("BTC/USDT", limit=500, params={"fromId": from_id})
+            got.extend(page)
+            from_id = str(int(page[-1]["id"]) + 1)
+    finally:
+        await ex.close()
+    assert _as_truth(got[:len(truth)]) == truth
