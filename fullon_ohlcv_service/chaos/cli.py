@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from fullon_ohlcv_service.chaos.runner import ChaosRun, Options
 from fullon_ohlcv_service.errors import EXIT_CRASH, EXIT_OK
@@ -35,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.minutes <= 0:
@@ -52,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         for f in run.schedule:
             print(f"t={f.at:7.2f}s {f.describe()}")
         return EXIT_OK
-    report = run.run()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # stopped from outside: still restore every service
+    try:
+        report = run.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if ns.report is not None:
         ns.report.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     print(report.render(), flush=True)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
+import math
 import os
 import shutil
 import signal
@@ -31,6 +34,7 @@ from fullon_ohlcv_service.settings import parse_store_url
 from fullon_ohlcv_service.timeutil import ms_to_iso, now_ms
 
 SUPERVISOR = "ohlcv-supervisor"
+Ending = Callable[[], None]  # ends a fault that lasts (SIGCONT, a server started again)
 DAY_MS = 86_400_000
 
 
@@ -247,7 +251,14 @@ class ChaosRun:
         return ["--exchanges", ",".join(o.exchanges), "--simulator", self.sim_url,
                 "--heartbeat-interval", f"{o.heartbeat_interval:g}", "--heartbeat-timeout", f"{o.heartbeat_timeout:g}",
                 "--boot-grace", f"{o.boot_grace:g}", "--kill-grace", f"{o.kill_grace:g}",
-                "--graceful-timeout", f"{o.graceful_timeout:g}", "--backoff-initial", "0.5", "--backoff-max", "4"]
+                "--graceful-timeout", f"{o.graceful_timeout:g}", "--backoff-initial", "0.5", "--backoff-max", "4",
+                "--restart-budget", str(self.restart_budget())]
+
+    def restart_budget(self) -> int:
+        """The default hourly budget (20), raised when the schedule itself restarts one exchange more often."""
+        per_exchange = [sum(1 for f in self.schedule if f.target == ex and f.kind in sched.PROCESS_TRACK)
+                        for ex in self.opts.exchanges]
+        return max(20, 2 * max(per_exchange, default=0) + 5)
 
     def _start_supervisor(self, name: str) -> Supervised:
         assert self.dir is not None
@@ -376,19 +387,21 @@ class ChaosRun:
 
     # ------------------------------------------------------------------ faults
 
-    def _apply(self, fault: sched.Fault) -> AppliedFault:
+    def _apply(self, fault: sched.Fault) -> tuple[AppliedFault, Ending | None]:
+        """Start one fault; the second value ends it later (SIGCONT, a server started again) or is None."""
         started = now_ms()
         mono = time.monotonic()
         rec = AppliedFault(fault=fault, started_ms=started, t=self._t(), ok=False)
+        end: Ending | None = None
         try:
-            handler = getattr(self, f"_fault_{fault.kind}")
-            handler(fault, rec)
+            handler: Callable[[sched.Fault, AppliedFault], Ending | None] = getattr(self, f"_fault_{fault.kind}")
+            end = handler(fault, rec)
         except (OSError, urllib.error.URLError, subprocess.SubprocessError, ValueError, OhlcvError) as exc:
             rec.ok = False
             rec.detail = f"{type(exc).__name__}: {exc}"[:300]
         if not rec.mono:
             rec.mono = mono
-        return rec
+        return rec, end
 
     def _target_pid(self, fault: sched.Fault) -> int | None:
         assert fault.target is not None
@@ -404,23 +417,24 @@ class ChaosRun:
         os.kill(pid, signal.SIGKILL)
         rec.pid, rec.ok = pid, True
 
-    def _fault_sigstop(self, fault: sched.Fault, rec: AppliedFault) -> None:
+    def _fault_sigstop(self, fault: sched.Fault, rec: AppliedFault) -> Ending | None:
         pid = self._target_pid(fault)
         if pid is None:
             rec.detail = f"no live {fault.target} worker to stop"
-            return
+            return None
         rec.started_ms, rec.t = now_ms(), self._t()
         rec.mono = time.monotonic()
         os.kill(pid, signal.SIGSTOP)
         rec.pid, rec.ok = pid, True
-        deadline = time.monotonic() + fault.duration
-        while time.monotonic() < deadline and procs.alive(pid):
-            time.sleep(0.05)
-        if procs.alive(pid):
-            os.kill(pid, signal.SIGCONT)
-            rec.detail = f"still there after {fault.duration:.1f}s: SIGCONT"
-        else:
-            rec.detail = "killed by the supervisor"
+
+        def resume() -> None:
+            if procs.alive(pid):
+                os.kill(pid, signal.SIGCONT)
+                rec.detail = f"still there after {fault.duration:.1f}s: SIGCONT"
+            else:
+                rec.detail = "killed by the supervisor"
+
+        return resume
 
     def _sim_fault(self, rec: AppliedFault, body: dict[str, Any]) -> None:
         if rec.fault.target:
@@ -451,25 +465,25 @@ class ChaosRun:
         self._sim_fault(rec, {"duplicates": fault.count})
 
     def _outage(self, rec: AppliedFault, stop: Callable[[], tuple[bool, str]],
-                start: Callable[[], tuple[bool, str]], duration: float) -> None:
+                start: Callable[[], tuple[bool, str]], duration: float) -> Ending:
+        rec.mono, rec.started_ms, rec.t = time.monotonic(), now_ms(), self._t()
         ok, msg = stop()
-        try:
-            if not ok:
-                rec.detail = msg
-                return
-            time.sleep(duration)
-        finally:
+        rec.ok, rec.detail = ok, msg
+
+        def restore() -> None:
             up, up_msg = start()
-        rec.ok = ok and up
-        rec.detail = f"{msg}; down {duration:.1f}s; {up_msg}" if ok else rec.detail
-        if not up:
-            raise RunAborted(up_msg)
+            rec.ok = ok and up
+            rec.detail = f"{msg}; down {time.monotonic() - rec.mono:.1f}s; {up_msg}"
+            if not up:
+                raise RunAborted(up_msg)
 
-    def _fault_redis_restart(self, fault: sched.Fault, rec: AppliedFault) -> None:
-        self._outage(rec, services.redis_stop, services.redis_start, fault.duration)
+        return restore
 
-    def _fault_pg_restart(self, fault: sched.Fault, rec: AppliedFault) -> None:
-        self._outage(rec, services.pg_stop, services.pg_start, fault.duration)
+    def _fault_redis_restart(self, fault: sched.Fault, rec: AppliedFault) -> Ending:
+        return self._outage(rec, services.redis_stop, services.redis_start, fault.duration)
+
+    def _fault_pg_restart(self, fault: sched.Fault, rec: AppliedFault) -> Ending:
+        return self._outage(rec, services.pg_stop, services.pg_start, fault.duration)
 
     def _fault_sighup_add_symbol(self, fault: sched.Fault, rec: AppliedFault) -> None:
         assert fault.target is not None and fault.symbol is not None and self.sup is not None
@@ -522,19 +536,44 @@ class ChaosRun:
     # ------------------------------------------------------------------ phases
 
     def _phase_faults(self) -> None:
+        """Apply the schedule; faults with a duration are ended (SIGCONT, server restarted) when due."""
         self.phase_mono = time.monotonic()
         self.say(f"fault phase: {len(self.schedule)} faults over {sched.schedule_end(self.schedule):.0f}s")
-        for fault in self.schedule:
-            delay = self.phase_mono + fault.at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            sup = self.sup
-            if fault.kind != sched.SIGTERM_MASTER and sup is not None and sup.proc.poll() is not None:
-                raise RunAborted(f"{SUPERVISOR} exited {sup.proc.returncode} during the fault phase")
-            rec = self._apply(fault)
-            self.applied.append(rec)
-            self.say(f"t={rec.t:6.1f}s {'ok' if rec.ok else 'FAILED'} {fault.describe()}"
-                     f"{' pid=' + str(rec.pid) if rec.pid else ''}{' — ' + rec.detail if rec.detail else ''}")
+        pending: list[tuple[float, int, Ending, AppliedFault]] = []
+        order = itertools.count()
+
+        def end_due(until: float) -> None:
+            while pending and pending[0][0] <= until:
+                due, _, end, rec = heapq.heappop(pending)
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                try:
+                    end()
+                finally:
+                    self.say(f"t={self._t():6.1f}s end of {rec.fault.describe()}: {rec.detail}")
+
+        try:
+            for fault in self.schedule:
+                due = self.phase_mono + fault.at
+                end_due(math.inf if fault.kind == sched.SIGTERM_MASTER else due)
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                sup = self.sup
+                if fault.kind != sched.SIGTERM_MASTER and sup is not None and sup.proc.poll() is not None:
+                    raise RunAborted(f"{SUPERVISOR} exited {sup.proc.returncode} during the fault phase")
+                rec, end = self._apply(fault)
+                self.applied.append(rec)
+                self.say(f"t={rec.t:6.1f}s {'ok' if rec.ok else 'FAILED'} {fault.describe()}"
+                         f"{' pid=' + str(rec.pid) if rec.pid else ''}{' — ' + rec.detail if rec.detail else ''}")
+                if end is not None:
+                    heapq.heappush(pending, (rec.mono + fault.duration, next(order), end, rec))
+        finally:
+            while pending:  # never leave a worker stopped or a server down
+                _, _, end, rec = heapq.heappop(pending)
+                with contextlib.suppress(RunAborted, OSError):
+                    end()
         self.phase_end_mono = time.monotonic()
 
     def _measure_detection(self) -> None:

@@ -28,8 +28,11 @@ SIMULATOR_FAULTS = frozenset({WS_DROP, WS_STALL, WS_REFUSE, REST_429, REST_5XX, 
 # Faults after which the supervisor must start a new worker (the runner measures fault -> new pid).
 RESTARTING_FAULTS = frozenset({KILL9, SIGSTOP})
 
-# Extra faults that fill the run once every required kind is placed (cheap and quick to recover from).
-_EXTRA_POOL = (KILL9, WS_DROP, WS_STALL, REST_429, REST_5XX, MALFORMED, DUPLICATES, WS_REFUSE, KILL9, WS_DROP)
+# The process track: faults whose restarts are measured, never overlapping one another.
+PROCESS_TRACK = frozenset({KILL9, SIGSTOP, SIGHUP_ADD})
+# Extra faults that fill each track once every required kind is placed.
+_EXTRA_SERVICE = (WS_DROP, WS_STALL, REST_429, REST_5XX, MALFORMED, DUPLICATES, WS_REFUSE, WS_DROP)
+_EXTRA_PROCESS = (KILL9, KILL9, KILL9, SIGSTOP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,33 +157,82 @@ def _make(rng: random.Random, plan: Plan, kind: str, at: float, added: list[tupl
                  slot=round(slot, 2))
 
 
+def blocked_windows(plan: Plan, fault: Fault) -> list[tuple[frozenset[str], float, float]]:
+    """Process-track kinds a service fault forbids, and when: (kinds, from, to) in phase seconds.
+
+    - While Redis is down the supervisor cannot read heartbeats and rightly kills nobody, so a
+      SIGSTOP then would go undetected by design: none from just before the outage until the
+      heartbeats have had time to come back and go stale again.
+    - While PostgreSQL is down (the configuration lives there too) ``ohlcv-config add-symbol`` and
+      the SIGHUP reload cannot work: no SIGHUP fault in that window.
+    """
+    if fault.kind == REDIS_RESTART:
+        return [(frozenset({SIGSTOP}), fault.at - 2.0, fault.at + fault.duration + 2 * plan.heartbeat_timeout + 4.0)]
+    if fault.kind == PG_RESTART and plan.store == "postgres":
+        return [(frozenset({SIGHUP_ADD}), fault.at - 2.0, fault.at + fault.duration + 6.0)]
+    return []
+
+
 def build_schedule(seed: int, plan: Plan) -> tuple[Fault, ...]:
     """The faults of a run, in time order, ending with the master's SIGTERM.
 
+    Two tracks run side by side, so faults of different kinds overlap (a kill -9 during a database
+    outage, a SIGSTOP during a websocket stall):
+    - the *process* track (kill -9, SIGSTOP, SIGHUP + add-symbol): its faults never overlap each
+      other, so each restart is attributable to one fault and its detection time is measurable;
+    - the *service* track (simulator faults, Redis and PostgreSQL outages), one after another.
+    Process faults avoid the windows where a service fault makes them meaningless (blocked_windows).
     Every required kind comes once, in a seeded order; seeded extras then fill the planned minutes.
-    Faults never overlap: each starts after the previous one's slot plus a seeded pause, so a
-    detection time is attributable to one fault. A run too short for the required kinds is
-    stretched rather than cut (every kind is always applied).
+    A run too short for the required kinds is stretched rather than cut. The final SIGTERM comes
+    after every fault's slot.
     """
     rng = random.Random(f"chaos:{seed}")
     total = plan.minutes * 60.0
-    kinds = required_kinds(plan)
-    rng.shuffle(kinds)
-    faults: list[Fault] = []
     added: list[tuple[str, str]] = []
+    required = required_kinds(plan)
+    rng.shuffle(required)
+
+    service: list[Fault] = []
     at = rng.uniform(2.0, 4.0)
-    for kind in kinds:
+    for kind in [k for k in required if k not in PROCESS_TRACK]:
         fault = _make(rng, plan, kind, at, added)
-        faults.append(fault)
+        service.append(fault)
         at += fault.slot + rng.uniform(1.0, 4.0)
     while True:
-        kind = rng.choice(_EXTRA_POOL)
-        fault = _make(rng, plan, kind, at, added)
+        fault = _make(rng, plan, rng.choice(_EXTRA_SERVICE), at, added)
         if at + fault.slot > total:
             break
-        faults.append(fault)
+        service.append(fault)
         at += fault.slot + rng.uniform(1.0, 4.0)
-    faults.append(Fault(at=round(max(at, total), 2), kind=SIGTERM_MASTER))
+
+    blocked = [w for f in service for w in blocked_windows(plan, f)]
+
+    def place(at: float, fault: Fault) -> Fault:
+        moved = True
+        while moved:
+            moved = False
+            for kinds, lo, hi in blocked:
+                if fault.kind in kinds and at < hi and at + fault.slot > lo:
+                    at, moved = hi + 0.5, True
+        return Fault(at=round(at, 2), kind=fault.kind, target=fault.target, duration=fault.duration,
+                     count=fault.count, symbol=fault.symbol, slot=fault.slot)
+
+    process: list[Fault] = []
+    at = rng.uniform(3.0, 6.0)
+    for kind in [k for k in required if k in PROCESS_TRACK]:
+        fault = place(at, _make(rng, plan, kind, at, added))
+        process.append(fault)
+        at = fault.at + fault.slot + rng.uniform(3.0, 10.0)
+    while True:
+        fault = place(at, _make(rng, plan, rng.choice(_EXTRA_PROCESS), at, added))
+        if fault.at + fault.slot > total:
+            break
+        process.append(fault)
+        at = fault.at + fault.slot + rng.uniform(3.0, 10.0)
+
+    faults = sorted(service + process, key=lambda f: (f.at, f.kind))
+    end = max([total, *(f.at + f.slot for f in faults)])
+    faults.append(Fault(at=round(end, 2), kind=SIGTERM_MASTER))
     return tuple(faults)
 
 

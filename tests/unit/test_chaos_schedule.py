@@ -38,22 +38,54 @@ def test_outages_only_for_the_backends_in_use() -> None:
         assert s.SIGHUP_ADD not in kinds  # nothing to add
 
 
-def test_faults_do_not_overlap_and_fill_the_run() -> None:
+def _track(faults: tuple[s.Fault, ...], process: bool) -> list[s.Fault]:
+    return [f for f in faults if f.kind != s.SIGTERM_MASTER and (f.kind in s.PROCESS_TRACK) == process]
+
+
+def test_each_track_is_sequential_and_everything_ends_before_the_sigterm() -> None:
     for seed in range(30):
         faults = s.build_schedule(seed, PLAN)
-        for prev, nxt in itertools.pairwise(faults):
-            assert nxt.at >= prev.at + prev.slot, (seed, prev, nxt)
+        assert [f.at for f in faults] == sorted(f.at for f in faults)
+        for process in (True, False):
+            for prev, nxt in itertools.pairwise(_track(faults, process)):
+                assert nxt.at >= prev.at + prev.slot, (seed, prev, nxt)
         body = faults[:-1]
-        assert body[-1].at + body[-1].slot <= faults[-1].at
-        # extras fill a 3-minute run beyond the required kinds
+        assert max(f.at + f.slot for f in body) <= faults[-1].at
+        # extras fill a 3-minute run beyond the required kinds, on both tracks
         assert len(body) > len(s.required_kinds(PLAN))
+        assert len(_track(faults, True)) > 3 and len(_track(faults, False)) > 7
+
+
+def test_tracks_overlap() -> None:
+    overlaps = 0
+    for seed in range(10):
+        faults = s.build_schedule(seed, PLAN)
+        for p in _track(faults, True):
+            overlaps += sum(1 for q in _track(faults, False) if q.at < p.at + p.slot and p.at < q.at + q.slot)
+    assert overlaps > 10
+
+
+def test_no_sigstop_during_a_redis_outage_and_no_sighup_during_a_pg_outage() -> None:
+    for seed in range(60):
+        faults = s.build_schedule(seed, PLAN)
+        for outage in faults:
+            for kinds, lo, hi in s.blocked_windows(PLAN, outage):
+                for f in faults:
+                    if f.kind in kinds:
+                        assert f.at + f.slot <= lo or f.at >= hi, (seed, outage, f)
+    redis = next(f for f in s.build_schedule(1, PLAN) if f.kind == s.REDIS_RESTART)
+    (kinds, lo, hi), = s.blocked_windows(PLAN, redis)
+    assert kinds == {s.SIGSTOP} and lo < redis.at and hi > redis.at + redis.duration + PLAN.heartbeat_timeout
+    sqlite_plan = s.Plan(minutes=3, exchanges=("kraken",), store="sqlite", cache="redis")
+    pg = s.Fault(at=10, kind=s.PG_RESTART, duration=5)
+    assert s.blocked_windows(sqlite_plan, pg) == []  # the configuration is not on PostgreSQL then
 
 
 def test_short_run_is_stretched_not_cut() -> None:
-    plan = s.Plan(minutes=0.5, exchanges=("kraken", "binance"), store="postgres", cache="redis")
+    plan = s.Plan(minutes=0.2, exchanges=("kraken", "binance"), store="postgres", cache="redis")
     faults = s.build_schedule(3, plan)
     assert len(faults) == len(s.required_kinds(plan)) + 1
-    assert faults[-1].at > 30
+    assert faults[-1].at > 12
 
 
 def test_targets_and_parameters() -> None:
