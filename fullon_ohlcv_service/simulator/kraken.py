@@ -248,6 +248,8 @@ class Kraken(Venue):
                                 "req_id": req_id, "time_in": self._stamp(), "time_out": self._stamp()})
             return
         params = msg.get("params") or {}
+        if not isinstance(params, dict):
+            params = {}
         channel = params.get("channel")
         symbols = params.get("symbol") or []
         if channel not in ("trade", "ohlc") or not isinstance(symbols, list):

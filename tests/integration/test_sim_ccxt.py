@@ -28,9 +28,9 @@ async def sim() -> AsyncIterator[Simulator]:
 
 @pytest.fixture
 async def fast_sim() -> AsyncIterator[Simulator]:
-    # 30x clock: a minute passes in 2 s, so candles close during the test
+    # 40x clock: a minute passes in 1.5 s, so candles close during the test
     async with Simulator(seed=12, symbols={"kraken": ["BTC/USD@0.5"], "binance": ["BTC/USDT@0.5"]},
-                         history_days=0.01, tick_s=0.02, clock=ScaledClock(30.0)) as s:
+                         history_days=0.01, tick_s=0.02, clock=ScaledClock(40.0)) as s:
         yield s
 
 
@@ -165,7 +165,7 @@ async def test_watch_ohlcv_final_values_equal_truth(fast_sim: Simulator, exchang
     loop = asyncio.get_running_loop()
     start = fast_sim.now()
     try:
-        end = loop.time() + 5.0
+        end = loop.time() + 3.6
         while loop.time() < end:
             for c in await asyncio.wait_for(ex.watch_ohlcv(symbol), 5):
                 latest[c[0]] = c
