@@ -103,8 +103,8 @@ class CandleCollector:
             ours = run.builder.candle(c.ts)
             if ours is not None and same_candle(ours, c):
                 continue
-            if ours is None and not run.builder.holds(c.ts) and run.cov_to is not None and c.ts >= run.cov_to:
-                continue
+            if ours is None and c.ts < run.built_from:
+                continue  # a minute from before this run: its stored candle was built then
             self.mismatches += 1
             self.log.warning("candle differs from the exchange; repairing its trades", symbol=run.symbol, ts=c.ts)
             await self.repair(run, c.ts, c.ts + MINUTE_MS)

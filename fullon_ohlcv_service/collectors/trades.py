@@ -82,6 +82,7 @@ class SymbolRun:
     last_live_ts: int | None = None
     syncs: int = 0
     fetched: int = 0
+    built_from: int = 0  # the first minute this run's builder has seen every trade of
 
     @property
     def symbol(self) -> str:
@@ -164,6 +165,7 @@ class TradeCollector:
                 start = min(start, minute)
             run = SymbolRun(spec, start, cursor, recent, builder)
             run.cov_to = cov_from
+            run.built_from = cov_from
             run.need_sync.set()
             self.runs[spec.symbol] = run
 
