@@ -252,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(sim)
     print(f"ccxt parse ceiling (ccxt.pro watch_trades_for_symbols, no storage, burst): {ceil:,.0f} trades/s")
-    # Sustained: the highest offered real-time rate the worker stores completely (>= 97 % committed in
-    # the window, no growing backlog). A burst cannot measure it: ccxt reads the socket whatever we do,
+    # Sustained: the highest offered real-time rate the worker stores completely (>= 95 % committed in
+    # the window, at most ~1 s of rows queued). A burst cannot measure it: ccxt reads the socket whatever we do,
     # so a burst only shows how parsing starves the store, not what the worker keeps up with.
     ours = 0.0
     for frac in args.steps:
@@ -266,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop(sim)
             asyncio.run(drop_db(db))
-        kept = committed >= 0.97 * pipe.received and pipe.depth < max(2000, pipe.received)
+        # kept up: (almost) everything received was committed in the window, and the rows still queued
+        # are no more than about one second of flow (a flush interval plus a commit in flight)
+        kept = committed >= 0.95 * pipe.received and pipe.depth <= max(2000, pipe.received)
         print(f"  offered {pipe.received:,.0f} trades/s ({frac:.1f}x ceiling): committed {committed:,.0f}/s, "
               f"backlog {pipe.depth:,} rows -> {'kept up' if kept else 'fell behind'}")
         if kept:

@@ -89,8 +89,13 @@ class SymbolRun:
         return self.spec.symbol
 
     def unsync(self) -> None:
-        if self.synced:
-            self.synced = False
+        """Continuity with the live stream is lost: buffer live trades until a REST catch-up meets them.
+
+        Trades buffered before the interruption are dropped: REST returns them again, and the
+        catch-up must reach a trade received *after* the interruption.
+        """
+        self.synced = False
+        self.live_buf.clear()
         self.need_sync.set()
 
 
@@ -334,6 +339,8 @@ class TradeCollector:
             )
             if res.watermark is not None:
                 await self.advance(run, res.watermark)
+            if run.need_sync.is_set():
+                continue  # interrupted again (a reconnect) during this pass: meet the new live stream
             if run.live_buf and res.watermark is not None and res.watermark > run.live_buf[0].ts:
                 buf, run.live_buf = run.live_buf, []
                 run.synced = True
