@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from fullon_ohlcv_service.collectors.ohlcv import CandleCollector
 from fullon_ohlcv_service.collectors.trades import SilencePolicy, TradeCollector
@@ -93,14 +94,21 @@ class WorkerRuntime:
 
         s = self.settings
         async with AsyncExitStack() as stack:
-            cache: ProcessCache = await stack.enter_async_context(open_process_cache(s.cache))
+            cache: ProcessCache | None = await self._open_retrying(
+                stack, lambda: open_process_cache(s.cache), "process cache")
+            if cache is None:
+                return EXIT_OK  # asked to stop before the cache could be reached
             hb = self.heartbeat = Heartbeat(
                 cache, self.spec.name, s.heartbeat_interval, self.snapshot, log=self.log,
                 parent_pid=self.parent_pid, on_orphan=self.stop.set,
             )
             await hb.register(self._boot_params())
             try:
-                store: OhlcvStore = await stack.enter_async_context(open_ohlcv_store(s.ohlcv_db, self.spec.name))
+                store: OhlcvStore | None = await self._open_retrying(
+                    stack, lambda: open_ohlcv_store(s.ohlcv_db, self.spec.name), "store")
+                if store is None:
+                    await hb.stopped("stopped")
+                    return EXIT_OK
                 client: ExchangeClient = await stack.enter_async_context(self._client())  # type: ignore[arg-type]
                 code = await self._collect(store, client, hb)
             except BaseException:
@@ -109,6 +117,23 @@ class WorkerRuntime:
             await hb.stopped("stopped")
             return code
         return EXIT_CRASH  # pragma: no cover - the exit stack never swallows
+
+    async def _open_retrying(self, stack: AsyncExitStack, factory: Callable[[], Any], what: str) -> Any | None:
+        """Enter ``factory()``'s context, retrying while it is unreachable (an outage must not crash-loop us).
+
+        Returns None when asked to stop first.
+        """
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                return await stack.enter_async_context(factory())
+            except TransientError as exc:
+                self.errors += 1
+                self.log.warning(f"{what} unavailable; retrying", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), delay)
+                delay = min(delay * 2, 10.0)
+        return None
 
     def _client(self) -> ExchangeClient:
         if self._open_client is not None:
