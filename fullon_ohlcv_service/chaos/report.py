@@ -214,6 +214,8 @@ class Report:
                              f"{ms_to_iso(rng['to_ts'])}")
         for note in self.notes:
             lines.append(f"note: {note}")
+        if self.context.get("kept"):
+            lines.append(f"run directory kept: {self.context.get('run_dir')}")
         for failure in self.failures():
             lines.append(f"FAIL: {failure}")
         lines.append(self.verdict())

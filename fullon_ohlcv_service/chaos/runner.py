@@ -606,8 +606,12 @@ class ChaosRun:
             out[ex] = info
             extra = info["restarts_seen"] - caused
             if extra > 0:
+                explained = {r.new_pid for r in self.applied if r.new_pid is not None}
+                explained |= {ev.pid for a in self.added if a.plan.exchange == ex
+                              for ev in [self.watch.first_after(ex, a.mono)] if ev is not None}
+                odd = [f"pid {e.pid} at t={e.mono - self.phase_mono:.1f}s" for e in pids[1:] if e.pid not in explained]
                 self.notes.append(f"{ex}: {extra} worker restart(s) not caused by a process fault or SIGHUP "
-                                  f"(see the supervisor log)")
+                                  f"({', '.join(odd)}; see the supervisor log)")
         return out
 
     def _audit_targets(self) -> list[tuple[SymbolPlan, int]]:
@@ -717,9 +721,15 @@ class ChaosRun:
                         restarts=restarts, orphans=self.orphans, errors=self.errors, notes=self.notes,
                         started_ms=self.started_ms, ended_ms=now_ms())
         report.context["simulator_stats"] = self.sim_stats
+        report.context["workers"] = [
+            {"exchange": e.exchange, "pid": e.pid, "at": ms_to_iso(e.wall_ms),
+             "t": round(e.mono - self.phase_mono, 3) if self.phase_mono else None} for e in self.watch.events()]
         report.context["run_dir"] = str(self.dir) if self.dir else None
         if report.failures() or self.opts.keep:
             report.context["kept"] = True
+        elif self.dir is not None and self.notes:
+            shutil.rmtree(self.dir / "home", ignore_errors=True)  # keep the logs that explain the notes
+            report.context["kept"] = "logs"
         elif self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             report.context["run_dir"] = None
