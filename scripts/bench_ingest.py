@@ -284,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             break
     print(f"worker sustained, websocket to committed PostgreSQL rows: {ours:,.0f} trades/s")
-    print(f"ratio: {ours / ceil:.2f}x the ceiling (target >= 0.6x); per CPU second of the process: "
-          f"{ours_cpu / ceil_cpu:.2f}x (the store server's CPU is not counted)")
+    print(f"ratio: {ours / ceil:.2f}x the ceiling (target >= 0.6x)")
+    print(f"indicative only: {ours_cpu:,.0f} trades per CPU second of the worker at that rate vs "
+          f"{ceil_cpu:,.0f} for ccxt alone in burst (frame sizes differ; the database server's CPU is not "
+          f"counted). On a shared 2-core machine the simulator and PostgreSQL compete for the same cores.")
 
     steady = [f"L{i:02d}/USD@100" for i in range(10)]
     sim, url = start_sim(steady, "--history-days", "0")
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     rss, uss, n = memory_50(5.0)
     print(f"ohlcv-worker with {n} symbols, live: RSS {rss:.1f} MB, USS {uss:.1f} MB")
     print(f"RESULT trades_s={ours:.0f} ceiling_s={ceil:.0f} vs_ceiling={ours / ceil:.2f} p50_ms={p50:.0f} "
-          f"p99_ms={p99:.0f} rss_mb={rss:.1f} uss_mb={uss:.1f} vs_ceiling_cpu={ours_cpu / ceil_cpu:.2f}")
+          f"p99_ms={p99:.0f} rss_mb={rss:.1f} uss_mb={uss:.1f}")
     return 0
 
 
