@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +30,7 @@ from fullon_ohlcv_service.chaos import schedule as sched
 from fullon_ohlcv_service.chaos.report import AppliedFault, Report, SymbolResult
 from fullon_ohlcv_service.errors import OhlcvError
 from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.ports import SyncProcessCache
 from fullon_ohlcv_service.settings import parse_store_url
 from fullon_ohlcv_service.timeutil import ms_to_iso, now_ms
 
@@ -112,7 +113,6 @@ class AddedSymbol:
 class Supervised:
     proc: subprocess.Popen[bytes]
     log: IO[bytes]
-    started_mono: float = field(default_factory=time.monotonic)
 
 
 class ChaosRun:
@@ -271,7 +271,7 @@ class ChaosRun:
         self.say(f"{SUPERVISOR} started (pid {proc.pid}), log {self.dir / (name + '.log')}")
         return self.sup
 
-    def _open_cache(self) -> Any:
+    def _open_cache(self) -> SyncProcessCache:
         from fullon_ohlcv_service.adapters.caches import open_sync_process_cache
 
         return open_sync_process_cache(parse_store_url("cache", self.cache_url, ("sqlite", "redis")))
@@ -294,7 +294,7 @@ class ChaosRun:
         finally:
             cache.close()
 
-    def _worker_beat(self, cache: Any, exchange: str) -> dict[str, Any] | None:
+    def _worker_beat(self, cache: SyncProcessCache, exchange: str) -> dict[str, Any] | None:
         try:
             doc = cache.get_component(f"ohlcv-worker:{exchange}")
         except OhlcvError:
@@ -488,7 +488,11 @@ class ChaosRun:
     def _fault_sighup_add_symbol(self, fault: sched.Fault, rec: AppliedFault) -> None:
         assert fault.target is not None and fault.symbol is not None and self.sup is not None
         plan = next(s for s in self.symbols if (s.exchange, s.symbol) == (fault.target, fault.symbol))
-        self._config("add-symbol", fault.target, fault.symbol, "--backtest", str(self.opts.backtest_days))
+        added = self._cmd("ohlcv-config", "add-symbol", fault.target, fault.symbol,
+                          "--backtest", str(self.opts.backtest_days))
+        if added.returncode != 0:
+            rec.detail = f"ohlcv-config add-symbol exited {added.returncode}: {added.stderr.strip()[:200]}"
+            return
         rec.started_ms, rec.t = now_ms(), self._t()
         mono = time.monotonic()
         os.kill(self.sup.proc.pid, signal.SIGHUP)
@@ -705,9 +709,9 @@ class ChaosRun:
             with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
                 self.sim_stats = self._http("GET", "/_sim/stats", timeout=10)
             self._note_unserved()
-        except RunAborted as exc:
-            self.errors.append(f"run aborted: {exc}")
-            self.say(f"ABORTED: {exc}")
+        except (RunAborted, OhlcvError, OSError, subprocess.SubprocessError, urllib.error.URLError) as exc:
+            self.errors.append(f"run aborted: {type(exc).__name__}: {exc}")
+            self.say(f"ABORTED: {type(exc).__name__}: {exc}")
         except KeyboardInterrupt:
             self.errors.append("run interrupted")
         finally:

@@ -123,7 +123,10 @@ def create_database(prefix: str) -> str:
         finally:
             await conn.close()
 
-    asyncio.run(_create())
+    try:
+        asyncio.run(_create())
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise StoreUnavailable(f"cannot create database {name}: {exc}") from exc
     return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
 
 
