@@ -17,6 +17,8 @@ from tests.integration.test_worker_sim import (
     make_worker,
     run_and_audit,
     sim,
+    start_sim,
+    stop_proc,
     wait_for,
     worker_settings,
 )
@@ -105,3 +107,40 @@ def test_postgres_outage(tmp_path: Path, home: Path, sim: Sim, pg_url: str) -> N
     assert behind_seen, "the heartbeat must show 'behind' while the database is down"
     assert "store unavailable; retrying" in w.logs()
     audit(sim, settings, "kraken", end - 3000)
+
+
+def test_candle_gaps_are_repaired_on_restart(tmp_path: Path, home: Path) -> None:
+    """Candles and coverage lost for a stretch older than Kraken's 720 REST bars come back from REST trades."""
+    import sqlite3
+
+    quiet = ("BTC/USD@0.4", "ETH/USD@0.2", "SOL/USD@0.1")
+    sim = start_sim(tmp_path, ("kraken",), history_days=0.55, symbols={"kraken": quiet})
+    settings = worker_settings(home)
+    configure(settings, "kraken", quiet)
+    w = make_worker(tmp_path, sim, "kraken", settings)
+    w.start()
+    try:
+        wait_for(lambda: live_and_synced(settings, "kraken", 3), 90, "live", w)
+        assert w.stop() == 0
+        db = sqlite3.connect(settings.ohlcv_db.path / "kraken.sqlite")
+        a = sim.genesis + 30 * 60_000  # more than 720 minutes ago: REST OHLC cannot serve it
+        with db:
+            gone = db.execute('DELETE FROM btc_usd_candles1m WHERE "timestamp" >= ? AND "timestamp" < ?',
+                              (a, a + 20 * 60_000)).rowcount
+            db.execute("DELETE FROM btc_usd_coverage")
+        db.close()
+        assert gone > 10
+        w.start()
+        assert w.proc is not None
+        pid = w.proc.pid
+        wait_for(lambda: live_and_synced(settings, "kraken", 3, pid), 60, "live after restart", w)
+        wait_for(lambda: (d := beat(settings, "kraken")) is not None and d["params"]["gaps_repaired"] > 0,
+                 30, "a gap repair", w)
+        time.sleep(4.0)
+        end = now_ms()
+        assert w.stop() == 0
+        audit(sim, settings, "kraken", end - 3000, quiet)
+    finally:
+        if w.proc is not None and w.proc.poll() is None:
+            w.kill9()
+        stop_proc(sim.proc)

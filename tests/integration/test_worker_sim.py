@@ -205,11 +205,12 @@ async def stored(settings: Settings, exchange: str, symbol: str, since: int, unt
     return trades, candles
 
 
-def audit(sim: Sim, settings: Settings, exchange: str, until: int) -> dict[str, int]:
+def audit(sim: Sim, settings: Settings, exchange: str, until: int,
+          symbols: tuple[str, ...] | None = None) -> dict[str, int]:
     """Stored trades == ground truth in [genesis, until); stored final candles == its candles before."""
     since = sim.genesis
     counts: dict[str, int] = {}
-    for spec in SYMBOLS[exchange]:
+    for spec in symbols or SYMBOLS[exchange]:
         symbol = spec.split("@")[0]
         truth = sim.trades(exchange, symbol, since, until)
         trades, _ = asyncio.run(stored(settings, exchange, symbol, since, until))
