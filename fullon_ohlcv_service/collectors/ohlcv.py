@@ -157,3 +157,5 @@ class CandleCollector:
         if complete:
             await self.writer.put_coverage(run.symbol, a, b)
         self.gaps_repaired += 1
+        self.log.info("gap repaired from REST trades", symbol=run.symbol, start=a, end=b, trades=len(got),
+                      complete=complete)
