@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
 
@@ -38,6 +39,9 @@ def run_worker(
     setproctitle(f"ohlcv-worker: {spec.name}")
     log.configure(settings.log_level, settings.log_format, file=settings.log_file)
     logger = log.Log(f"fullon.ohlcv.worker.{spec.name}", exchange=spec.name)
+    # asyncpg's pool logs a traceback per reconnect attempt during a database outage; the writer already
+    # reports the outage in one structured line, so only its errors are kept
+    logging.getLogger("asyncpg").setLevel(logging.ERROR)
     # the master's handlers (if forked) only queue signals for the master: start clean
     for sig in (signal.SIGHUP, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
