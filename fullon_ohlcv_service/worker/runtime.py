@@ -103,17 +103,22 @@ class WorkerRuntime:
                 parent_pid=self.parent_pid, on_orphan=self.stop.set,
             )
             await hb.register(self._boot_params())
+            # beating from now on: a store still coming up is "starting", not hung
+            beat_task = asyncio.create_task(hb.run(), name="heartbeat")
+            lag_task = asyncio.create_task(self.lag.run(), name="loop-lag")
             try:
                 store: OhlcvStore | None = await self._open_retrying(
                     stack, lambda: open_ohlcv_store(s.ohlcv_db, self.spec.name), "store")
                 if store is None:
-                    await hb.stopped("stopped")
-                    return EXIT_OK
-                client: ExchangeClient = await stack.enter_async_context(self._client())  # type: ignore[arg-type]
-                code = await self._collect(store, client, hb)
+                    code = EXIT_OK
+                else:
+                    client: ExchangeClient = await stack.enter_async_context(self._client())  # type: ignore[arg-type]
+                    code = await self._collect(store, client)
             except BaseException:
+                await self._stop_tasks(beat_task, lag_task)
                 await hb.stopped("crashed")
                 raise
+            await self._stop_tasks(beat_task, lag_task)
             await hb.stopped("stopped")
             return code
         return EXIT_CRASH  # pragma: no cover - the exit stack never swallows
@@ -160,43 +165,42 @@ class WorkerRuntime:
                 delay = min(delay * 2, 30.0)
         return None
 
-    async def _collect(self, store: OhlcvStore, client: ExchangeClient, hb: Heartbeat) -> int:
+    @staticmethod
+    async def _stop_tasks(*tasks: asyncio.Task[None]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _collect(self, store: OhlcvStore, client: ExchangeClient) -> int:
         s = self.settings
         t = self.tuning
-        beat_task = asyncio.create_task(self._beat_until_stopped(hb), name="heartbeat")
-        lag_task = asyncio.create_task(self.lag.run(), name="loop-lag")
-        try:
-            markets = await self._load_markets(client)
-            if markets is None:
-                return EXIT_OK
-            listed = [sp for sp in self.spec.symbols if sp.symbol in markets]
-            for sp in self.spec.symbols:
-                if sp.symbol not in markets:
-                    self.unknown[sp.symbol] = f"SymbolUnknown: {self.spec.name} does not list {sp.symbol}"
-                    self.log.error("symbol not listed by the exchange", symbol=sp.symbol)
-            writer = self.writer = BatchWriter(
-                store, flush_rows=s.flush_rows, flush_interval=s.flush_interval, buffer_rows=s.buffer_rows,
-                backoff_max=min(5.0, s.backoff_max), log=self.log,
-            )
-            trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence)
-            candles = self.candles = CandleCollector(trades, reconcile_every=t.reconcile_every, gap_every=t.gap_every)
-            writer_task = asyncio.create_task(writer.run(), name="writer")
-            await self._until_stopped(self._retrying_prepare(trades))
-            if self.stop.is_set():
-                return await self._shutdown([], writer, writer_task)
-            tasks = [asyncio.create_task(self._guard("live", trades.live_loop), name="live")]
-            for sp in listed:
-                tasks.append(asyncio.create_task(self._guard(f"sync:{sp.symbol}", self._sync(trades, sp.symbol))))
-                tasks.append(asyncio.create_task(self._guard(f"candles:{sp.symbol}", self._bf(candles, sp.symbol))))
-            tasks.append(asyncio.create_task(self._guard("housekeeping", self._hk(trades))))
-            tasks.append(asyncio.create_task(self._guard("reconcile", candles.reconcile_loop)))
-            tasks.append(asyncio.create_task(self._guard("gaps", candles.gap_loop)))
-            await self.stop.wait()
-            return await self._shutdown(tasks, writer, writer_task)
-        finally:
-            for task in (beat_task, lag_task):
-                task.cancel()
-            await asyncio.gather(beat_task, lag_task, return_exceptions=True)
+        markets = await self._load_markets(client)
+        if markets is None:
+            return EXIT_OK
+        listed = [sp for sp in self.spec.symbols if sp.symbol in markets]
+        for sp in self.spec.symbols:
+            if sp.symbol not in markets:
+                self.unknown[sp.symbol] = f"SymbolUnknown: {self.spec.name} does not list {sp.symbol}"
+                self.log.error("symbol not listed by the exchange", symbol=sp.symbol)
+        writer = self.writer = BatchWriter(
+            store, flush_rows=s.flush_rows, flush_interval=s.flush_interval, buffer_rows=s.buffer_rows,
+            backoff_max=min(5.0, s.backoff_max), log=self.log,
+        )
+        trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence)
+        candles = self.candles = CandleCollector(trades, reconcile_every=t.reconcile_every, gap_every=t.gap_every)
+        writer_task = asyncio.create_task(writer.run(), name="writer")
+        await self._until_stopped(self._retrying_prepare(trades))
+        if self.stop.is_set():
+            return await self._shutdown([], writer, writer_task)
+        tasks = [asyncio.create_task(self._guard("live", trades.live_loop), name="live")]
+        for sp in listed:
+            tasks.append(asyncio.create_task(self._guard(f"sync:{sp.symbol}", self._sync(trades, sp.symbol))))
+            tasks.append(asyncio.create_task(self._guard(f"candles:{sp.symbol}", self._bf(candles, sp.symbol))))
+        tasks.append(asyncio.create_task(self._guard("housekeeping", self._hk(trades))))
+        tasks.append(asyncio.create_task(self._guard("reconcile", candles.reconcile_loop)))
+        tasks.append(asyncio.create_task(self._guard("gaps", candles.gap_loop)))
+        await self.stop.wait()
+        return await self._shutdown(tasks, writer, writer_task)
 
     @staticmethod
     def _sync(trades: TradeCollector, symbol: str) -> Callable[[], Awaitable[None]]:
@@ -232,9 +236,6 @@ class WorkerRuntime:
                 await task
         else:
             task.result()
-
-    async def _beat_until_stopped(self, hb: Heartbeat) -> None:
-        await hb.run()
 
     async def _guard(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """Run a collector task; a crash is logged, counted and retried with capped backoff."""
