@@ -349,3 +349,46 @@ def test_unconfigured_exchange_exits_with_config_code(home: Path) -> None:
     r = subprocess.run([str(BIN / "ohlcv-worker"), "--exchange", "binance", "--home", str(home)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 78 and "binance" in r.stderr, r.stderr
+
+
+ORPHAN_SCRIPT = r"""
+import os, sys, time
+from fullon_ohlcv_service.models import ExchangeSpec, SymbolSpec
+from fullon_ohlcv_service.settings import settings_from_env
+home, url, out = sys.argv[1], sys.argv[2], sys.argv[3]
+settings = settings_from_env({"OHLCV_HOME": home}, simulator=url, heartbeat_interval=0.3)
+spec = ExchangeSpec("kraken", (SymbolSpec("BTC/USD", backtest_days=1),))
+pid = os.fork()
+if pid == 0:
+    from fullon_ohlcv_service.worker.main import run_worker
+    code = run_worker(spec, settings, parent_pid=os.getppid())
+    with open(out, "w") as f:
+        f.write(str(code))
+    os._exit(code)
+print(pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_worker_exits_when_its_parent_dies(tmp_path: Path, home: Path, sim: Sim) -> None:
+    """A forked worker whose parent is SIGKILLed stops by itself (PR_SET_PDEATHSIG / getppid) and exits 0."""
+    out = tmp_path / "exit-code"
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, str(home), sim.url, str(out)],
+                              stdout=subprocess.PIPE, stderr=open(tmp_path / "orphan.log", "w"), text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        settings = worker_settings(home)
+        wait_for(lambda: (d := beat(settings, "kraken")) is not None and d["params"]["pid"] == child, 30,
+                 "the forked worker's heartbeat")
+        parent.kill()
+        parent.wait(5)
+        wait_for(lambda: out.exists(), 15, "the orphaned worker to exit")
+        assert out.read_text() == "0"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+            time.sleep(0.1)
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
