@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 
 from fullon_ohlcv_service.collectors.backfill import Cursor, page_candles, page_trades
@@ -56,6 +57,7 @@ class CandleCollector:
         self.gaps_repaired = 0
         self.mismatches = 0
         self.rest_candles = 0
+        self.live_candles = 0
 
     async def backfill(self, symbol: str) -> None:
         """Write the exchange's REST candles from the history start (or as deep as served) to now."""
@@ -78,6 +80,38 @@ class CandleCollector:
             self.log.warning("REST candles unavailable", symbol=symbol, error=str(exc))
             return
         self.log.info("REST candle backfill done", symbol=symbol, candles=n)
+
+    async def live_loop(self, symbol: str) -> None:
+        """Native websocket OHLC for the forming minute, written as provisional only.
+
+        The exchange's live candle is the freshest view of the open minute, so it is stored while
+        that minute is open for us (at or after the trade builder's final boundary). Its own
+        finality (Binance's ``x`` flag, Kraken's next-minute update) is advisory: a final 1m row is
+        written only from the complete trade stream or from REST, so a socket that missed updates
+        can never leave a wrong final candle behind.
+        """
+        run = self.t.runs[symbol]
+        delay = 0.25
+        while run.error is None:
+            try:
+                candles = await self.client.watch_ohlcv(symbol)
+            except TransientError as exc:
+                self.log.debug("live candles interrupted", symbol=symbol, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            except PermanentError as exc:
+                self.log.warning("live candles unavailable; using trades and REST only", symbol=symbol,
+                                 error=str(exc))
+                return
+            delay = 0.25
+            final_to = run.builder.final_to
+            # a zero-volume kline (Binance pushes them for empty minutes) would stay provisional forever
+            fresh = [dataclasses.replace(c, final=False) for c in candles
+                     if c.volume > 0 and (final_to is None or c.ts >= final_to)]
+            if fresh:
+                self.live_candles += len(fresh)
+                await self.writer.put_candles(symbol, fresh)
 
     async def reconcile_loop(self) -> None:
         while True:

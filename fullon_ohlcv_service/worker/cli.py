@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap-check", type=float, default=60.0, help="seconds between candle gap checks (default 60)")
     p.add_argument("--reconcile", type=float, default=60.0,
                    help="seconds between REST reconciliations of the last final candles (default 60)")
+    p.add_argument("--no-native-ohlcv", action="store_true",
+                   help="do not watch the exchange's live candles (candles then come from trades and REST only)")
     add_common_args(p)
     return p
 
@@ -52,5 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     from fullon_ohlcv_service.worker.main import run_worker
     from fullon_ohlcv_service.worker.runtime import Tuning
 
-    tuning = Tuning(silence=SilencePolicy(min_s=ns.silence_min), gap_every=ns.gap_check, reconcile_every=ns.reconcile)
+    tuning = Tuning(silence=SilencePolicy(min_s=ns.silence_min), gap_every=ns.gap_check, reconcile_every=ns.reconcile,
+                    native_ohlcv=not ns.no_native_ohlcv)
     return run_worker(spec, settings, parent_pid=None, tuning=tuning)

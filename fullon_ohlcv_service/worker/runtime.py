@@ -37,6 +37,7 @@ class Tuning:
     reconcile_every: float = 60.0
     gap_every: float = 60.0
     housekeeping_every: float = 1.0
+    native_ohlcv: bool = True  # also watch the exchange's live 1m candles (provisional rows only)
     failing_after: int = 3  # crashes of one task within failing_window before the worker reports "error"
     failing_window: float = 120.0
 
@@ -196,6 +197,9 @@ class WorkerRuntime:
         for sp in listed:
             tasks.append(asyncio.create_task(self._guard(f"sync:{sp.symbol}", self._sync(trades, sp.symbol))))
             tasks.append(asyncio.create_task(self._guard(f"candles:{sp.symbol}", self._bf(candles, sp.symbol))))
+            if t.native_ohlcv:
+                tasks.append(asyncio.create_task(
+                    self._guard(f"ohlcv:{sp.symbol}", self._native(candles, sp.symbol))))
         tasks.append(asyncio.create_task(self._guard("housekeeping", self._hk(trades))))
         tasks.append(asyncio.create_task(self._guard("reconcile", candles.reconcile_loop)))
         tasks.append(asyncio.create_task(self._guard("gaps", candles.gap_loop)))
@@ -209,6 +213,10 @@ class WorkerRuntime:
     @staticmethod
     def _bf(candles: CandleCollector, symbol: str) -> Callable[[], Awaitable[None]]:
         return lambda: candles.backfill(symbol)
+
+    @staticmethod
+    def _native(candles: CandleCollector, symbol: str) -> Callable[[], Awaitable[None]]:
+        return lambda: candles.live_loop(symbol)
 
     def _hk(self, trades: TradeCollector) -> Callable[[], Awaitable[None]]:
         return lambda: trades.housekeeping(self.tuning.housekeeping_every)
