@@ -154,6 +154,9 @@ class ChaosRun:
         self.sim_stats: dict[str, Any] = {}
         self.started_ms = 0
         self.sessions: set[int] = set()  # every process we start leads its own session
+        self.planned_down: list[tuple[str, float, float]] = []  # (server, from, to) of our own outages
+        used = (["redis"] if opts.cache == "redis" else []) + (["postgresql"] if opts.store == "postgres" else [])
+        self.availability = services.Availability({n: services.ENDPOINTS[n] for n in used})
 
     # ------------------------------------------------------------------ helpers
 
@@ -464,14 +467,15 @@ class ChaosRun:
     def _fault_duplicates(self, fault: sched.Fault, rec: AppliedFault) -> None:
         self._sim_fault(rec, {"duplicates": fault.count})
 
-    def _outage(self, rec: AppliedFault, stop: Callable[[], tuple[bool, str]],
-                start: Callable[[], tuple[bool, str]], duration: float) -> Ending:
+    def _outage(self, rec: AppliedFault, server: str, stop: Callable[[], tuple[bool, str]],
+                start: Callable[[], tuple[bool, str]]) -> Ending:
         rec.mono, rec.started_ms, rec.t = time.monotonic(), now_ms(), self._t()
         ok, msg = stop()
         rec.ok, rec.detail = ok, msg
 
         def restore() -> None:
             up, up_msg = start()
+            self.planned_down.append((server, rec.mono, time.monotonic()))
             rec.ok = ok and up
             rec.detail = f"{msg}; down {time.monotonic() - rec.mono:.1f}s; {up_msg}"
             if not up:
@@ -480,10 +484,10 @@ class ChaosRun:
         return restore
 
     def _fault_redis_restart(self, fault: sched.Fault, rec: AppliedFault) -> Ending:
-        return self._outage(rec, services.redis_stop, services.redis_start, fault.duration)
+        return self._outage(rec, "redis", services.redis_stop, services.redis_start)
 
     def _fault_pg_restart(self, fault: sched.Fault, rec: AppliedFault) -> Ending:
-        return self._outage(rec, services.pg_stop, services.pg_start, fault.duration)
+        return self._outage(rec, "postgresql", services.pg_stop, services.pg_start)
 
     def _fault_sighup_add_symbol(self, fault: sched.Fault, rec: AppliedFault) -> None:
         assert fault.target is not None and fault.symbol is not None and self.sup is not None
@@ -657,14 +661,20 @@ class ChaosRun:
         return [audit.truth_candle(r) for r in self._http("GET", f"/_sim/candles?{q}", timeout=120)]
 
     def _export(self, ex: str, sym: str, kind: str, since: int, until: int) -> list[dict[str, Any]]:
-        proc = self._cmd("ohlcv-export", ex, sym, "--kind", kind, "--since", str(since), "--until", str(until),
-                         "--format", "json", timeout=300)
-        if proc.returncode != 0 and "no stored data" in proc.stderr:
-            return []  # nothing was ever stored for it: the audit counts every true row as missing
-        if proc.returncode != 0:
-            raise RunAborted(f"ohlcv-export {ex} {sym} --kind {kind} exited {proc.returncode}: "
-                             f"{proc.stderr.strip()[:300]}")
-        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        """The stored rows, through ``ohlcv-export``; a store that fails (exit 1) is retried a few times."""
+        for attempt in range(4):
+            proc = self._cmd("ohlcv-export", ex, sym, "--kind", kind, "--since", str(since), "--until", str(until),
+                             "--format", "json", timeout=300)
+            if proc.returncode != 0 and "no stored data" in proc.stderr:
+                return []  # nothing was ever stored for it: the audit counts every true row as missing
+            if proc.returncode == 0:
+                return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+            why = f"ohlcv-export {ex} {sym} --kind {kind} exited {proc.returncode}: {proc.stderr.strip()[:300]}"
+            if proc.returncode != 1 or attempt == 3:
+                raise RunAborted(why)
+            self.notes.append(f"retried after a store error: {why}")
+            time.sleep(5.0)
+        raise AssertionError("unreachable")
 
     def _audit(self) -> list[SymbolResult]:
         results: list[SymbolResult] = []
@@ -694,6 +704,7 @@ class ChaosRun:
         self.say(f"seed {self.opts.seed}: {len(self.schedule)} faults planned: "
                  + ", ".join(f.kind for f in self.schedule))
         try:
+            self.availability.start()
             self._setup()
             self.watch.start()
             self._sampler = threading.Thread(target=self._sample, name="chaos-sampler", daemon=True)
@@ -746,7 +757,15 @@ class ChaosRun:
             if pending:
                 self.notes.append(f"{ex}: simulator faults never served: {pending}")
 
+    def _note_interference(self) -> None:
+        """Outages of a shared server that this run did not cause (another process stopped it)."""
+        base = self.phase_mono or time.monotonic()
+        for name, a, b in services.unplanned(self.availability.stop(), self.planned_down):
+            self.notes.append(f"{name} was down from t={a - base:.1f}s to t={b - base:.1f}s without a fault of this "
+                              "run (another process stopped it): anything that failed then may not be ours to fix")
+
     def _cleanup(self) -> None:
+        self._note_interference()
         self._sampler_stop.set()
         sup = self.sup
         if sup is not None and sup.proc.poll() is None:

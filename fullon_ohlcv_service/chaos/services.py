@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 
 from fullon_ohlcv_service.errors import StoreUnavailable
 
@@ -146,3 +148,57 @@ def drop_database(url: str) -> None:
         asyncio.run(_drop())
     except (OSError, asyncpg.PostgresError) as exc:
         raise StoreUnavailable(f"cannot drop database {name}: {exc}") from exc
+
+
+class Availability:
+    """Polls the servers a run depends on and records when each was down (monotonic intervals).
+
+    The machine's Redis and PostgreSQL are shared: another process stopping them during a run would
+    look like a fault of ours. The runner compares these intervals with its own planned outages.
+    """
+
+    def __init__(self, targets: Mapping[str, tuple[str, int]], period: float = 0.5) -> None:
+        self.period = period
+        self._targets = dict(targets)
+        self._down: dict[str, float] = {}
+        self.intervals: list[tuple[str, float, float]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._targets:
+            self._thread = threading.Thread(target=self._run, name="chaos-availability", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> list[tuple[str, float, float]]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            now = time.monotonic()
+            for name, since in self._down.items():
+                self.intervals.append((name, since, now))
+            self._down.clear()
+            return list(self.intervals)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            for name, (host, port) in self._targets.items():
+                up = reachable(host, port, 0.3)
+                now = time.monotonic()
+                with self._lock:
+                    if not up and name not in self._down:
+                        self._down[name] = now
+                    elif up and name in self._down:
+                        self.intervals.append((name, self._down.pop(name), now))
+
+
+ENDPOINTS = {"redis": (REDIS_HOST, REDIS_PORT), "postgresql": (PG_HOST, PG_PORT)}
+
+
+def unplanned(observed: Sequence[tuple[str, float, float]], planned: Sequence[tuple[str, float, float]],
+              slack: float = 2.0) -> list[tuple[str, float, float]]:
+    """Observed down intervals that no planned outage of the same server explains."""
+    return [(name, a, b) for name, a, b in observed
+            if not any(p == name and a < pb + slack and pa - slack < b for p, pa, pb in planned)]
