@@ -160,9 +160,10 @@ class CandleCollector:
         for run in list(self.t.runs.values()):
             if run.error is not None or not run.ever_synced:
                 continue
-            until = self.writer.stats_for(run.symbol).coverage_to
-            if until is None:
-                continue
+            # minutes before the builder's final boundary have had their candles queued: once the
+            # writer has committed what is queued now, a minute with no candle there is a true gap
+            until = run.builder.final_to if run.builder.final_to is not None else run.built_from
+            await self.writer.wait_committed(self.writer.last_seq)
             gaps = await self.store.candle_gaps(run.symbol, run.history_start, until)
             for a, b in gaps:
                 while a < b and repaired < self.max_repairs:

@@ -73,8 +73,14 @@ def test_kill9_and_restart(tmp_path: Path, home: Path, sim: Sim) -> None:
 
 
 def _pg(action: str) -> None:
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", action], check=True,
-                   capture_output=True, timeout=60)
+    """Stop or start the shared cluster; another test may have started it already (exit 2: fine)."""
+    r = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", action],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        status = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, timeout=30).stdout
+        online = any(line.split()[:2] == ["15", "main"] and "online" in line for line in status.splitlines())
+        if online != (action == "start"):
+            raise AssertionError(f"pg_ctlcluster {action} failed: {r.stderr.strip()} ({status.strip()})")
 
 
 def test_postgres_outage(tmp_path: Path, home: Path, sim: Sim, pg_url: str) -> None:
