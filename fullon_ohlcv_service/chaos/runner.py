@@ -37,6 +37,7 @@ from fullon_ohlcv_service.timeutil import ms_to_iso, now_ms
 SUPERVISOR = "ohlcv-supervisor"
 Ending = Callable[[], None]  # ends a fault that lasts (SIGCONT, a server started again)
 DAY_MS = 86_400_000
+EXPORT_ATTEMPTS = 10  # 5 s apart: outlasts a 30 s outage of the shared PostgreSQL by someone else
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,7 +663,7 @@ class ChaosRun:
 
     def _export(self, ex: str, sym: str, kind: str, since: int, until: int) -> list[dict[str, Any]]:
         """The stored rows, through ``ohlcv-export``; a store that fails (exit 1) is retried a few times."""
-        for attempt in range(4):
+        for attempt in range(EXPORT_ATTEMPTS):
             proc = self._cmd("ohlcv-export", ex, sym, "--kind", kind, "--since", str(since), "--until", str(until),
                              "--format", "json", timeout=300)
             if proc.returncode != 0 and "no stored data" in proc.stderr:
@@ -670,7 +671,7 @@ class ChaosRun:
             if proc.returncode == 0:
                 return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
             why = f"ohlcv-export {ex} {sym} --kind {kind} exited {proc.returncode}: {proc.stderr.strip()[:300]}"
-            if proc.returncode != 1 or attempt == 3:
+            if proc.returncode != 1 or attempt == EXPORT_ATTEMPTS - 1:
                 raise RunAborted(why)
             self.notes.append(f"retried after a store error: {why}")
             time.sleep(5.0)
