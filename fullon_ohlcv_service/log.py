@@ -21,7 +21,11 @@ class _Formatter(logging.Formatter):
         fields: dict[str, Any] = dict(getattr(record, _FIELDS, {}))
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
         if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
+            if record.name.startswith("fullon"):
+                fields["exc"] = self.formatException(record.exc_info)
+            else:  # a library's own retry noise: one line, not a traceback
+                etype, evalue = record.exc_info[0], record.exc_info[1]
+                fields["error"] = f"{etype.__name__ if etype else 'Error'}: {evalue}"
         if self.json:
             doc = {"ts": ts, "level": record.levelname, "component": record.name, "pid": record.process,
                    "msg": record.getMessage(), **fields}
@@ -55,6 +59,18 @@ def configure(level: str = "INFO", fmt: str = "text", stream: IO[str] | None = N
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+    # Drivers log on their own (asyncpg's pool retries during a database outage, aiohttp, redis):
+    # route their warnings through the same structured handler instead of bare tracebacks on stderr.
+    for name in THIRD_PARTY:
+        lib = logging.getLogger(name)
+        for h in list(lib.handlers):
+            lib.removeHandler(h)
+        lib.addHandler(handler)
+        lib.setLevel(max(logging.WARNING, logging.getLevelName(level)))
+        lib.propagate = False
+
+
+THIRD_PARTY = ("asyncpg", "aiohttp", "redis", "ccxt", "asyncio")
 
 
 class Log:
