@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -111,7 +112,7 @@ class WsSession:
             asyncio.get_running_loop().create_task(self.ws.close(code=code, message=b"simulator drop"))
 
 
-class Venue:
+class Venue(abc.ABC):
     """Base of one simulated exchange (Kraken, Binance): its markets, faults, stats and live sessions."""
 
     name = ""
@@ -128,23 +129,28 @@ class Venue:
         self._malformed_kind = 0
 
     # -- to be provided by each exchange --------------------------------------------------------------
+    @abc.abstractmethod
     def add_routes(self, app: web.Application) -> None:
-        raise NotImplementedError
+        """Provided by each exchange's venue."""
 
+    @abc.abstractmethod
     def rate_limit_response(self, status: int) -> web.Response:
-        raise NotImplementedError
+        """Provided by each exchange's venue."""
 
+    @abc.abstractmethod
     def malformed_frames(self) -> list[str]:
-        raise NotImplementedError
+        """Provided by each exchange's venue."""
 
+    @abc.abstractmethod
     async def on_ws_message(self, session: WsSession, msg: Any) -> None:
-        raise NotImplementedError
+        """Provided by each exchange's venue."""
 
     async def on_ws_open(self, session: WsSession) -> None:
         return None
 
+    @abc.abstractmethod
     async def pump(self, session: WsSession) -> None:
-        raise NotImplementedError
+        """Provided by each exchange's venue."""
 
     # -- REST ------------------------------------------------------------------------------------------
     async def rest_gate(self, request: web.Request, key: str) -> web.Response | None:
