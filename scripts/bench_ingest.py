@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -263,11 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     # so a burst only shows how parsing starves the store, not what the worker keeps up with.
     ours = ours_cpu = 0.0
     for frac in args.steps:
-        per_symbol = max(1.0, frac * ceil / len(symbols))
-        sim, url = start_sim([f"{s}@{per_symbol:.0f}" for s in symbols], "--history-days", "0")
+        # The simulator emits at most one trade per millisecond per symbol (1,000/s): spread the offered
+        # rate over enough symbols (<= 400/s each) that the source never caps it.
+        total = frac * ceil
+        n_sym = max(len(symbols), math.ceil(total / 400))
+        offered = [f"S{i:02d}/USD" for i in range(n_sym)]
+        per_symbol = max(1.0, total / n_sym)
+        sim, url = start_sim([f"{s}@{per_symbol:.0f}" for s in offered], "--history-days", "0")
         db = asyncio.run(create_db())
         try:
-            pipe = Pipeline(url, db, symbols)
+            pipe = Pipeline(url, db, offered)
             committed, _ = uvloop.run(pipe.run(args.seconds, warm=2.0))
         finally:
             stop(sim)
@@ -275,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         # kept up: (almost) everything received was committed in the window, and the rows still queued
         # are no more than about one second of flow (a flush interval plus a commit in flight)
         kept = committed >= 0.95 * pipe.received and pipe.depth <= max(2000, pipe.received)
-        print(f"  offered {pipe.received:,.0f} trades/s ({frac:.1f}x ceiling): committed {committed:,.0f}/s "
+        print(f"  offered {pipe.received:,.0f} trades/s ({frac:.1f}x ceiling, {n_sym} symbols): "
+              f"committed {committed:,.0f}/s "
               f"({pipe.per_cpu:,.0f} per CPU second), backlog {pipe.depth:,} rows -> "
               f"{'kept up' if kept else 'fell behind'}")
         if kept:
