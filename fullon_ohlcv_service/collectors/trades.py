@@ -104,11 +104,16 @@ class TradeCollector:
 
     The websocket is read first; a symbol's live trades are buffered while its REST catch-up runs
     from the last stored (ts, id) until a page goes past the first buffered live trade, then the
-    buffer is merged (dedup on trade id) and the symbol is *synced*. A reconnect, a silence longer
-    than the symbol's normal activity warrants, or a stall of our own reading (backpressure) makes
-    it unsynced again. Candles are built from the deduplicated trade stream (see candles.py) and
-    become final when the stream is proven complete past their minute: by REST pages while
-    catching up, by the clock (minus ``live_lag_ms``) while synced and connected.
+    buffer is merged (dedup on trade id) and the symbol is *synced*. A reconnect (the adapter also
+    reports live trades it had to drop as one) or a silence longer than the symbol's normal
+    activity warrants makes it unsynced again. A stall of our own reading (the writer's
+    backpressure when offered more than the store commits) is neither: the adapter keeps every
+    trade received meanwhile, so an overloaded collector stays on the live path and commits at
+    the store's pace instead of restarting catch-ups (``backpressure_s`` opts back in, for a
+    client that silently keeps only the newest trades while not read). Candles are built from the
+    deduplicated trade stream (see candles.py) and become final when the stream is proven complete
+    past their minute: by REST pages while catching up, by the clock (minus ``live_lag_ms``) while
+    synced and connected.
     """
 
     def __init__(
@@ -124,7 +129,7 @@ class TradeCollector:
         recent_size: int = 20_000,
         live_buffer_max: int = 200_000,
         page_limit: int | None = None,
-        backpressure_s: float = 1.0,
+        backpressure_s: float | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -143,6 +148,8 @@ class TradeCollector:
         self.live_trades = 0
         self.connected = False
         self.errors = 0
+        self.reading = True  # False while a received batch is being taken (maybe waiting on the writer)
+        self.resumed_mono = time.monotonic()  # when reading last resumed after taking a batch
 
     # ---- start ------------------------------------------------------------------------------
     async def prepare(self) -> None:
@@ -202,8 +209,13 @@ class TradeCollector:
             if not self.connected:
                 self.connected = True
             delay = 0.25
-            waited = await self.on_live(batch)
-            if waited > self.backpressure_s:
+            self.reading = False
+            try:
+                waited = await self.on_live(batch)
+            finally:
+                self.reading = True
+                self.resumed_mono = time.monotonic()
+            if self.backpressure_s is not None and waited > self.backpressure_s:
                 # ccxt keeps only the newest trades while we were not reading: catch up from REST
                 self.log.warning("backpressure stalled reading; catching up from REST", waited_s=round(waited, 2))
                 self._all_unsynced()
@@ -369,6 +381,17 @@ class TradeCollector:
             log.info("caught up with the live stream", trades_fetched=run.fetched - fetched_before,
                      took_s=round(time.monotonic() - began, 2))
 
+    def silent_s(self, run: SymbolRun, mono: float) -> float:
+        """How long ``run``'s symbol has been silent while we were reading the websocket.
+
+        Time spent not reading (a batch waiting on the writer's backpressure) is not silence of
+        the exchange: counting it would send busy symbols of an overloaded worker to REST
+        catch-ups over and over, each dropping its live buffer.
+        """
+        if not self.reading:
+            return 0.0
+        return mono - max(run.last_live_mono, self.resumed_mono)
+
     # ---- housekeeping -------------------------------------------------------------------------
     async def housekeeping(self, period: float = 1.0) -> None:
         """Every ``period``: finalize by the clock, write provisional candles, spot silences, rebuild stale minutes."""
@@ -384,7 +407,7 @@ class TradeCollector:
             if run.synced and self.connected:
                 await self.advance(run, now_ms() - self.live_lag_ms)
                 limit = self.silence.threshold(run.mean_gap_s)
-                if mono - run.last_live_mono > limit:
+                if self.silent_s(run, mono) > limit:
                     self.log.info("silence; catching up from REST", symbol=run.symbol, silent_s=round(limit, 1))
                     run.unsync()
             await self.writer.put_candles(run.symbol, run.builder.provisional())
