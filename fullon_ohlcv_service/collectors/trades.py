@@ -79,6 +79,7 @@ class SymbolRun:
     stale: set[int] = field(default_factory=set)
     mean_gap_s: float | None = None
     last_live_mono: float = field(default_factory=time.monotonic)
+    blocked_mark: float = 0.0  # the collector's blocked_total when last_live_mono was set
     last_live_ts: int | None = None
     syncs: int = 0
     fetched: int = 0
@@ -149,7 +150,8 @@ class TradeCollector:
         self.connected = False
         self.errors = 0
         self.reading = True  # False while a received batch is being taken (maybe waiting on the writer)
-        self.resumed_mono = time.monotonic()  # when reading last resumed after taking a batch
+        self.block_started = 0.0  # when the current batch began to be taken
+        self.blocked_total = 0.0  # seconds spent taking batches (not reading the websocket) so far
 
     # ---- start ------------------------------------------------------------------------------
     async def prepare(self) -> None:
@@ -210,11 +212,12 @@ class TradeCollector:
                 self.connected = True
             delay = 0.25
             self.reading = False
+            self.block_started = time.monotonic()
             try:
                 waited = await self.on_live(batch)
             finally:
+                self.blocked_total += time.monotonic() - self.block_started
                 self.reading = True
-                self.resumed_mono = time.monotonic()
             if self.backpressure_s is not None and waited > self.backpressure_s:
                 # ccxt keeps only the newest trades while we were not reading: catch up from REST
                 self.log.warning("backpressure stalled reading; catching up from REST", waited_s=round(waited, 2))
@@ -252,6 +255,7 @@ class TradeCollector:
             sample = gap / n
             run.mean_gap_s = sample if run.mean_gap_s is None else 0.9 * run.mean_gap_s + 0.1 * sample
             run.last_live_mono = mono
+            run.blocked_mark = self.blocked_s(mono)
             newest = max(t.ts for t in trades)
             if run.last_live_ts is None or newest > run.last_live_ts:
                 run.last_live_ts = newest
@@ -375,6 +379,7 @@ class TradeCollector:
         run.ever_synced = True
         run.backfill_pct = 100.0
         run.last_live_mono = time.monotonic()
+        run.blocked_mark = self.blocked_s(run.last_live_mono)
         if first_sync:
             log.info("backfill done; live", trades_fetched=run.fetched)
         else:
@@ -384,13 +389,20 @@ class TradeCollector:
     def silent_s(self, run: SymbolRun, mono: float) -> float:
         """How long ``run``'s symbol has been silent while we were reading the websocket.
 
+        Only blocked time since the symbol's own last trade is subtracted, so a quiet symbol next to
+        a busy one on the same connection is still noticed.
+
         Time spent not reading (a batch waiting on the writer's backpressure) is not silence of
         the exchange: counting it would send busy symbols of an overloaded worker to REST
         catch-ups over and over, each dropping its live buffer.
         """
-        if not self.reading:
-            return 0.0
-        return mono - max(run.last_live_mono, self.resumed_mono)
+        return (mono - run.last_live_mono) - (self.blocked_s(mono) - run.blocked_mark)
+
+    def blocked_s(self, mono: float) -> float:
+        """Seconds spent taking batches (not reading the websocket) up to ``mono``."""
+        if self.reading:
+            return self.blocked_total
+        return self.blocked_total + max(0.0, mono - self.block_started)
 
     # ---- housekeeping -------------------------------------------------------------------------
     async def housekeeping(self, period: float = 1.0) -> None:

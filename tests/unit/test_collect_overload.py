@@ -105,12 +105,15 @@ async def test_stalled_reading_is_not_silence_and_does_not_unsync() -> None:
 
 def test_silent_s_counts_only_time_spent_reading() -> None:
     writer = BatchWriter(SlowStore(0.0))
-    col = synced_collector(OneBurst([]), writer, ["A/USD"])
-    run = col.runs["A/USD"]
-    run.last_live_mono = 100.0
-    col.resumed_mono = 90.0
-    assert col.silent_s(run, 105.0) == 5.0
-    col.reading = False  # taking a batch, maybe waiting on the writer: the exchange is not silent
-    assert col.silent_s(run, 200.0) == 0.0
-    col.reading, col.resumed_mono = True, 199.0  # resumed: measured from the resume
-    assert col.silent_s(run, 200.0) == 1.0
+    col = synced_collector(OneBurst([]), writer, ["A/USD", "B/USD"])
+    a, b = col.runs["A/USD"], col.runs["B/USD"]
+    a.last_live_mono, a.blocked_mark = 100.0, col.blocked_s(100.0)
+    assert col.silent_s(a, 105.0) == 5.0
+    col.reading, col.block_started = False, 105.0  # taking a batch, maybe waiting on the writer
+    assert col.silent_s(a, 200.0) == 5.0  # the 95 s spent not reading are not the exchange's silence
+    col.blocked_total, col.reading = 95.0, True  # resumed at 200
+    assert col.silent_s(a, 201.0) == 6.0
+    # a quiet symbol next to a busy one: batches keep arriving (B's), A's silence still grows
+    b.last_live_mono, b.blocked_mark = 201.0, col.blocked_s(201.0)
+    assert col.silent_s(a, 230.0) == 35.0
+    assert col.silent_s(b, 230.0) == 29.0
