@@ -98,7 +98,7 @@ async def test_load_markets_and_paginated_trades_equal_ground_truth(sim: Simulat
         got, pages = await _page_all_trades(ex, symbol, sim.genesis_ms, until)
         truth_all = _truth(sim, name, symbol, sim.genesis_ms, until)
         # the market has quiet stretches (a pure function of wall-clock time): ask for several pages, not a count
-        assert len(truth_all) > 2000 and pages > 2
+        assert len(truth_all) > 500 and pages > 1
         assert _rows(got) == truth_all
         # a page from any since starts exactly at that ms
         mid = truth_all[len(truth_all) // 2][0]
