@@ -64,6 +64,6 @@ def run_worker(
     except ConfigError as exc:
         logger.error("configuration error", error=str(exc))
         return EXIT_CONFIG
-    except Exception:
+    except Exception:  # last resort: logged with traceback, classified as a crash (exit 1, restarted)
         logger.exception("worker crashed")
         return EXIT_CRASH
