@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault", action="append", default=[],
                    help="fault at start, e.g. 'rest_429=3', 'ws_drop_every_s=10,exchange=kraken' (repeatable)")
     p.add_argument("--burst", action="store_true", help="stream trades as fast as sockets take them")
+    p.add_argument("--steady", action="store_true",
+                   help="no quiet stretches or bursts: every minute trades at the average rate")
     p.add_argument("--tick-ms", type=int, default=50, help="live push interval")
     p.add_argument("--ping-interval", type=float, default=20.0, help="Binance server ping interval, seconds")
     p.add_argument("--log-level", default="WARNING")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     faults = [parse_fault_flag(f) for f in args.fault]
     sim = Simulator(seed=args.seed, symbols=symbols, rate=args.rate, history_days=args.history_days,
                     host=args.host, port=args.port, exchanges=exchanges, faults=faults, burst=args.burst,
-                    tick_s=args.tick_ms / 1000, ping_interval_s=args.ping_interval)
+                    steady=args.steady, tick_s=args.tick_ms / 1000, ping_interval_s=args.ping_interval)
     asyncio.run(serve(sim))
     return EXIT_OK
 

@@ -178,8 +178,9 @@ class Market:
     """All trades of one symbol on one simulated exchange; any window is generated on demand and cached."""
 
     def __init__(self, seed: int, exchange: str, config: SymbolConfig, genesis_ms: int = 0,
-                 cache_trades: int = 300_000) -> None:
+                 cache_trades: int = 300_000, steady: bool = False) -> None:
         self.seed = seed
+        self.steady = steady  # no regimes: every minute at the average rate (tests that count live trades)
         self.exchange = exchange
         self.config = config.resolved()
         self.symbol = self.config.symbol
@@ -215,7 +216,9 @@ class Market:
         return x
 
     def activity(self, bucket: int) -> float:
-        """Rate multiplier of the bucket's 10-minute regime: quiet stretches, normal, bursts."""
+        """Rate multiplier of the bucket's 10-minute regime: quiet stretches, normal, bursts (1.0 if steady)."""
+        if self.steady:
+            return 1.0
         u = (_h64(self._key, "regime", bucket // REGIME_BUCKETS) >> 11) / float(1 << 53)
         if u < 0.2:
             return 0.1

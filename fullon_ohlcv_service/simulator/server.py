@@ -62,13 +62,15 @@ class Simulator:
 
     ``symbols`` maps exchange -> symbols (``"BTC/USD"``, ``"BTC/USD@20"`` or SymbolConfig); trades exist
     from ``history_days`` before start-up on.  ``burst=True`` streams future trades as fast as the socket
-    takes them (benchmarks).  ``clock`` (epoch ms) is injectable for tests.
+    takes them (benchmarks).  ``steady=True`` drops the quiet stretches and bursts, so every minute trades at
+    the average rate (a test that counts the trades of a few live seconds).  ``clock`` (epoch ms) is
+    injectable for tests.
     """
 
     def __init__(self, seed: int = 1, symbols: SymbolsArg | None = None, *, rate: float = 5.0,
                  history_days: float = 1.0, host: str = "127.0.0.1", port: int = 0,
                  exchanges: Sequence[str] | None = None, faults: Sequence[Mapping[str, Any]] = (),
-                 burst: bool = False, tick_s: float = 0.05, ping_interval_s: float = 20.0,
+                 burst: bool = False, steady: bool = False, tick_s: float = 0.05, ping_interval_s: float = 20.0,
                  clock: Callable[[], int] = now_ms) -> None:
         names = list(exchanges or (symbols.keys() if symbols else VENUES.keys()))
         for name in names:
@@ -78,6 +80,7 @@ class Simulator:
         self.host = host
         self.port = port
         self.burst = burst
+        self.steady = steady
         self.clock = clock
         self.history_days = history_days
         self._start_faults = [validate_faults(dict(f)) for f in faults]
@@ -101,7 +104,8 @@ class Simulator:
         self.genesis_ms = start - int(self.history_days * DAY_MS)
         self.genesis_ms -= self.genesis_ms % BUCKET_MS
         for name, configs in self._symbols.items():
-            markets = {c.symbol: Market(self.seed, name, c, genesis_ms=self.genesis_ms) for c in configs}
+            markets = {c.symbol: Market(self.seed, name, c, genesis_ms=self.genesis_ms, steady=self.steady)
+                       for c in configs}
             kwargs: dict[str, Any] = {"clock": self.clock, "burst": self.burst, "tick_s": self._tick_s}
             if name == "binance":
                 kwargs["ping_interval_s"] = self._ping_interval_s
@@ -213,7 +217,7 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         return {"url": self._url, "seed": self.seed, "now": self.clock(), "genesis_ms": self.genesis_ms,
-                "burst": self.burst,
+                "burst": self.burst, "steady": self.steady,
                 "exchanges": {name: {**v.stats.snapshot(), "faults": v.faults.snapshot()}
                               for name, v in self.venues.items()}}
 

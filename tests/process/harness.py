@@ -114,10 +114,11 @@ class System:
     # ------------------------------------------------------------------ pieces
 
     def start_simulator(self, symbols: str = SIM_SYMBOLS, history_days: float = 0.05) -> str:
+        """A steady market (no quiet stretches): a window of a few seconds always holds trades to audit."""
         log = (self.tmp / "simulator.log").open("wb")
         self.sim = subprocess.Popen(
             [bin_path("ohlcv-simulator"), "--port", "0", "--exchanges", "kraken,binance", "--symbols", symbols,
-             "--history-days", f"{history_days:g}"],
+             "--history-days", f"{history_days:g}", "--steady"],
             env=self.env, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
         )
         assert self.sim.stdout is not None

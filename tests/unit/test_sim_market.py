@@ -139,3 +139,14 @@ def test_fault_parsing_and_counting() -> None:
     f.apply({"rest_429": 2})
     assert [f.take("rest_429") for _ in range(3)] == [True, True, False]
     assert f.counts["rest_429"] == 2
+
+
+def test_steady_market_has_no_quiet_stretches_or_bursts() -> None:
+    buckets = range(T0 // BUCKET_MS, T0 // BUCKET_MS + 600)  # 60 ten-minute regimes
+    regimes = {_m().activity(b) for b in buckets}
+    assert regimes == {0.1, 1.0, 2.9}  # the default market has quiet stretches and bursts
+    steady = Market(7, "kraken", SymbolConfig("BTC/USD", rate=4.0), steady=True)
+    assert {steady.activity(b) for b in buckets} == {1.0}
+    # every minute trades near the average rate (Poisson around 240): none is quiet
+    counts = [len(steady.bucket(b)) for b in buckets]
+    assert min(counts) > 150 and max(counts) < 330
