@@ -111,7 +111,11 @@ class TradeCollector:
     backpressure when offered more than the store commits) is neither: the adapter keeps every
     trade received meanwhile, so an overloaded collector stays on the live path and commits at
     the store's pace instead of restarting catch-ups (``backpressure_s`` opts back in, for a
-    client that silently keeps only the newest trades while not read). Candles are built from the
+    client that silently keeps only the newest trades while not read). A quiet symbol that has no
+    live trade to meet is synced by the connection instead: once REST has taken everything up to a
+    watermark that is past the connection's first delivery (plus ``subscribe_margin_ms``, so its
+    subscription is surely active) and not past the newest trade the socket has delivered (so the
+    socket is flowing), every later trade of the symbol can only come live. Candles are built from the
     deduplicated trade stream (see candles.py) and become final when the stream is proven complete
     past their minute: by REST pages while catching up, by the clock (minus ``live_lag_ms``) while
     synced and connected.
@@ -131,6 +135,7 @@ class TradeCollector:
         live_buffer_max: int = 200_000,
         page_limit: int | None = None,
         backpressure_s: float | None = None,
+        subscribe_margin_ms: int = 3000,
     ) -> None:
         self.client = client
         self.store = store
@@ -143,11 +148,14 @@ class TradeCollector:
         self.live_buffer_max = live_buffer_max
         self.page_limit = page_limit
         self.backpressure_s = backpressure_s
+        self.subscribe_margin_ms = subscribe_margin_ms
         self.runs: dict[str, SymbolRun] = {}
         self.retry = Retry()
         self.reconnects = 0
         self.live_trades = 0
         self.connected = False
+        self.connected_ms: int | None = None  # when the current connection first delivered (local clock)
+        self.newest_live_ts: int | None = None  # the newest trade time delivered on the current connection
         self.errors = 0
         self.reading = True  # False while a received batch is being taken (maybe waiting on the writer)
         self.block_started = 0.0  # when the current batch began to be taken
@@ -201,6 +209,7 @@ class TradeCollector:
                 self.reconnects += 1
                 self._all_unsynced()
                 self.connected = False
+                self.connected_ms = self.newest_live_ts = None
                 self.log.warning("websocket lost; reconnecting", error=str(exc), reconnects=self.reconnects)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -210,6 +219,11 @@ class TradeCollector:
                 continue
             if not self.connected:
                 self.connected = True
+                self.connected_ms = now_ms()
+            if batch:
+                newest = max(t.ts for _, t in batch)
+                if self.newest_live_ts is None or newest > self.newest_live_ts:
+                    self.newest_live_ts = newest
             delay = 0.25
             self.reading = False
             self.block_started = time.monotonic()
@@ -362,6 +376,9 @@ class TradeCollector:
                 run.synced = True
                 await self.take(run, buf)
                 break
+            if not run.live_buf and self.live_proves(res.watermark):
+                run.synced = True  # a quiet symbol: nothing to meet, the connection itself proves it
+                break
             if run.error is not None:
                 return
             if res.trades == 0:
@@ -385,6 +402,18 @@ class TradeCollector:
         else:
             log.info("caught up with the live stream", trades_fetched=run.fetched - fetched_before,
                      took_s=round(time.monotonic() - began, 2))
+
+    def live_proves(self, watermark: int | None) -> bool:
+        """Whether the current connection delivers every trade after ``watermark`` of every symbol.
+
+        True when the watermark is at least ``subscribe_margin_ms`` past the connection's first
+        delivery (every symbol was subscribed in that one request) and the socket has already
+        delivered a trade at or after the watermark (it is flowing, not stalled). A reconnect
+        resets both, and unsyncs every symbol, so the proof never spans an interruption.
+        """
+        return (watermark is not None and self.connected and self.connected_ms is not None
+                and self.newest_live_ts is not None
+                and self.connected_ms + self.subscribe_margin_ms <= watermark <= self.newest_live_ts)
 
     def silent_s(self, run: SymbolRun, mono: float) -> float:
         """How long ``run``'s symbol has been silent while we were reading the websocket.

@@ -150,3 +150,31 @@ def test_candle_gaps_are_repaired_on_restart(tmp_path: Path, home: Path) -> None
         if w.proc is not None and w.proc.poll() is None:
             w.kill9()
         stop_proc(sim.proc)
+
+
+def test_a_quiet_symbol_syncs_without_waiting_for_its_next_trade(tmp_path: Path, home: Path) -> None:
+    """Binance sends no snapshot on subscribe: a symbol trading every ~200 s has no live trade to meet.
+
+    The connection proves it instead (the busy symbol's trades show the socket flowing past the REST
+    watermark), so the backfill ends within seconds, and what is stored still equals the ground truth.
+    """
+    symbols = ("BTC/USDT@4", "ETH/USDT@0.005")
+    sim = start_sim(tmp_path, ("binance",), "--steady", symbols={"binance": symbols})
+    settings = worker_settings(home)
+    configure(settings, "binance", symbols)
+    w = make_worker(tmp_path, sim, "binance", settings)
+    w.start()
+    try:
+        assert w.proc is not None
+        pid = w.proc.pid
+        t0 = time.monotonic()
+        wait_for(lambda: live_and_synced(settings, "binance", 2, pid), 25, "both symbols synced", w)
+        assert time.monotonic() - t0 < 25
+        time.sleep(3.0)
+        end = now_ms()
+        assert w.stop() == 0
+        audit(sim, settings, "binance", end - 3000, symbols)
+    finally:
+        if w.proc is not None and w.proc.poll() is None:
+            w.kill9()
+        stop_proc(sim.proc)

@@ -117,3 +117,16 @@ def test_silent_s_counts_only_time_spent_reading() -> None:
     b.last_live_mono, b.blocked_mark = 201.0, col.blocked_s(201.0)
     assert col.silent_s(a, 230.0) == 35.0
     assert col.silent_s(b, 230.0) == 29.0
+
+
+def test_the_connection_proves_a_quiet_symbol_only_while_it_flows() -> None:
+    col = TradeCollector(cast(Any, None), cast(Any, None), cast(Any, None), [], log=Log("test"),
+                         subscribe_margin_ms=3000)
+    assert not col.live_proves(10_000)  # never connected
+    col.connected, col.connected_ms, col.newest_live_ts = True, 1_000, 20_000
+    assert col.live_proves(4_000) and col.live_proves(20_000)
+    assert not col.live_proves(3_999)  # within the subscribe margin of the first delivery
+    assert not col.live_proves(20_001)  # past what the socket has delivered: it may be stalled
+    assert not col.live_proves(None)
+    col.connected = False  # dropped: no proof until the next connection delivers
+    assert not col.live_proves(10_000)
