@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         n_sym = max(len(symbols), math.ceil(total / 400))
         offered = [f"S{i:02d}/USD" for i in range(n_sym)]
         per_symbol = max(1.0, total / n_sym)
-        sim, url = start_sim([f"{s}@{per_symbol:.0f}" for s in offered], "--history-days", "0")
+        sim, url = start_sim([f"{s}@{per_symbol:.0f}" for s in offered], "--history-days", "0", "--steady")
         db = asyncio.run(create_db())
         try:
             pipe = Pipeline(url, db, offered)
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
           f"counted). On a shared 2-core machine the simulator and PostgreSQL compete for the same cores.")
 
     steady = [f"L{i:02d}/USD@100" for i in range(10)]
-    sim, url = start_sim(steady, "--history-days", "0")
+    sim, url = start_sim(steady, "--history-days", "0", "--steady")  # no bursts: 1,000 trades/s it is
     db = asyncio.run(create_db())
     try:
         pipe = Pipeline(url, db, [s.split("@")[0] for s in steady])

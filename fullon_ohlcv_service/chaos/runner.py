@@ -32,6 +32,7 @@ from fullon_ohlcv_service.errors import OhlcvError
 from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.ports import SyncProcessCache
 from fullon_ohlcv_service.settings import parse_store_url
+from fullon_ohlcv_service.simulator.faults import COUNT_KEYS
 from fullon_ohlcv_service.timeutil import ms_to_iso, now_ms
 
 SUPERVISOR = "ohlcv-supervisor"
@@ -634,7 +635,19 @@ class ChaosRun:
             targets.append((add.plan, max(add.wall_ms, ev.wall_ms if ev else 0)))
         return targets
 
+    def _end_faults(self) -> None:
+        """The fault phase is over: note the count faults the simulator still holds, then clear every fault.
+
+        A burst of REST 429/5xx planned just before the final SIGTERM is otherwise served to the
+        catch-up run, whose boot backs off (rightly) up to 30 s a request and never gets ready in time.
+        """
+        stats = self._http("GET", "/_sim/stats", timeout=10)
+        self._note_unserved(stats, "never served before the final SIGTERM, cleared for the catch-up")
+        self._http("POST", "/_sim/faults", body={**dict.fromkeys(COUNT_KEYS, 0), "latency_ms": 0,
+                                                  "ws_drop_every_s": 0, "ws_stall_s": 0, "ws_refuse_s": 0})
+
     def _phase_catchup(self) -> None:
+        self._end_faults()
         restart = now_ms()
         need: dict[tuple[str, str], int] = {}
         for s, _ in self._audit_targets():
@@ -720,7 +733,6 @@ class ChaosRun:
             results = self._audit()
             with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
                 self.sim_stats = self._http("GET", "/_sim/stats", timeout=10)
-            self._note_unserved()
         except (RunAborted, OhlcvError, OSError, subprocess.SubprocessError, urllib.error.URLError) as exc:
             self.errors.append(f"run aborted: {type(exc).__name__}: {exc}")
             self.say(f"ABORTED: {type(exc).__name__}: {exc}")
@@ -751,12 +763,12 @@ class ChaosRun:
             report.context["run_dir"] = None
         return report
 
-    def _note_unserved(self) -> None:
+    def _note_unserved(self, stats: Mapping[str, Any], why: str) -> None:
         """Simulator faults requested but never served (no request came while they were pending)."""
-        for ex, info in (self.sim_stats.get("exchanges") or {}).items():
+        for ex, info in (stats.get("exchanges") or {}).items():
             pending = {k: v for k, v in ((info.get("faults") or {}).get("pending") or {}).items() if v}
             if pending:
-                self.notes.append(f"{ex}: simulator faults never served: {pending}")
+                self.notes.append(f"{ex}: simulator faults {why}: {pending}")
 
     def _note_interference(self) -> None:
         """Outages of a shared server that this run did not cause (another process stopped it)."""

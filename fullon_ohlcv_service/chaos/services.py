@@ -15,7 +15,6 @@ from fullon_ohlcv_service.errors import StoreUnavailable
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
-PG_CLUSTER = ("15", "main")
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 REDIS_START = [
@@ -87,8 +86,27 @@ def _pg_ready() -> bool:
     return ok
 
 
+def pg_cluster(port: int = PG_PORT) -> tuple[str, str]:
+    """The Debian cluster (version, name) that listens on ``port``, from ``pg_lsclusters``."""
+    ok, out = _run(["pg_lsclusters", "-h"], timeout=30)
+    rows = [line.split() for line in out.split(" | ")] if ok else []
+    for row in rows:
+        if len(row) >= 3 and row[2] == str(port):
+            return row[0], row[1]
+    raise StoreUnavailable(f"no PostgreSQL cluster listens on port {port} (pg_lsclusters: {out or 'nothing'})")
+
+
+def pg_cluster_online(port: int = PG_PORT) -> bool:
+    ok, out = _run(["pg_lsclusters", "-h"], timeout=30)
+    return ok and any(row[2:4] == [str(port), "online"] for row in (line.split() for line in out.split(" | ")))
+
+
 def pg_stop() -> tuple[bool, str]:
-    ok, out = _run(["pg_ctlcluster", "--skip-systemctl-redirect", *PG_CLUSTER, "stop"], timeout=60)
+    try:
+        cluster = pg_cluster()
+    except StoreUnavailable as exc:
+        return False, str(exc)
+    ok, out = _run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "stop"], timeout=60)
     if not ok:
         return False, f"pg_ctlcluster stop failed: {out}"
     if reachable(PG_HOST, PG_PORT, 0.5):
@@ -99,7 +117,11 @@ def pg_stop() -> tuple[bool, str]:
 def pg_start() -> tuple[bool, str]:
     if pg_up():
         return True, "postgresql already up"
-    _, out = _run(["pg_ctlcluster", "--skip-systemctl-redirect", *PG_CLUSTER, "start"], timeout=60)
+    try:
+        cluster = pg_cluster()
+    except StoreUnavailable as exc:
+        return False, str(exc)
+    _, out = _run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "start"], timeout=60)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if pg_up():

@@ -6,6 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from fullon_ohlcv_service.chaos.services import pg_cluster, pg_cluster_online
 from fullon_ohlcv_service.timeutil import now_ms
 from tests.integration.test_worker_sim import (
     SYMBOLS,
@@ -74,13 +75,10 @@ def test_kill9_and_restart(tmp_path: Path, home: Path, sim: Sim) -> None:
 
 def _pg(action: str) -> None:
     """Stop or start the shared cluster; another test may have started it already (exit 2: fine)."""
-    r = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", action],
+    r = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *pg_cluster(), action],
                        capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        status = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, timeout=30).stdout
-        online = any(line.split()[:2] == ["15", "main"] and "online" in line for line in status.splitlines())
-        if online != (action == "start"):
-            raise AssertionError(f"pg_ctlcluster {action} failed: {r.stderr.strip()} ({status.strip()})")
+    if r.returncode != 0 and pg_cluster_online() != (action == "start"):
+        raise AssertionError(f"pg_ctlcluster {action} failed: {r.stderr.strip()}")
 
 
 def test_postgres_outage(tmp_path: Path, home: Path, sim: Sim, pg_url: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
+
+import pytest
 
 from fullon_ohlcv_service.chaos import services
 
@@ -40,3 +43,13 @@ def test_availability_records_a_down_interval() -> None:
     assert len(intervals) == 1
     name, a, b = intervals[0]
     assert name == "fake" and t_down - 0.01 <= a <= t_down + 0.3 and t_up - 0.01 <= b <= t_up + 0.3
+
+
+def test_the_postgresql_cluster_is_found_by_its_port() -> None:
+    """The cluster the chaos run stops and starts is the one on 5432, whatever its version (pg_lsclusters)."""
+    if shutil.which("pg_lsclusters") is None:
+        pytest.skip("no Debian PostgreSQL cluster tools here")
+    version, name = services.pg_cluster()
+    assert version.isdigit() and name
+    with pytest.raises(services.StoreUnavailable, match="port 1"):
+        services.pg_cluster(port=1)
