@@ -91,7 +91,7 @@ def test_postgres_outage(tmp_path: Path, home: Path, sim: Sim, pg_url: str) -> N
         wait_for(lambda: live_and_synced(settings, "kraken", 3), 60, "live", w)
         _pg("stop")
         try:
-            deadline = time.monotonic() + 12
+            deadline = time.monotonic() + 30  # the 30 s outage the worker issue names
             while time.monotonic() < deadline:
                 data = beat(settings, "kraken")
                 if data and data["params"]["state"] == "behind":

@@ -392,3 +392,36 @@ def test_worker_exits_when_its_parent_dies(tmp_path: Path, home: Path, sim: Sim)
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+DAYS_SYMBOLS = {
+    "kraken": ("BTC/USD@0.5", "ETH/USD@0.05", "SOL/USD@0.01"),
+    "binance": ("BTC/USDT@0.5", "ETH/USDT@0.05", "SOL/USDT@0.01"),
+}
+
+
+@pytest.mark.parametrize("exchange", ["kraken", "binance"])
+def test_a_few_days_of_history_are_backfilled_exactly(tmp_path: Path, home: Path, exchange: str) -> None:
+    """Three days of history (Kraken's REST OHLC serves 720 bars: the rest are built from trades), then live."""
+    symbols = DAYS_SYMBOLS[exchange]
+    sim = start_sim(tmp_path, (exchange,), "--steady", history_days=2.9, symbols={exchange: symbols})
+    settings = worker_settings(home)
+    configure(settings, exchange, symbols, backtest=3)
+    w = make_worker(tmp_path, sim, exchange, settings)
+    w.start()
+    try:
+        assert w.proc is not None
+        pid = w.proc.pid
+        wait_for(lambda: live_and_synced(settings, exchange, 3, pid), 120, "three days backfilled, live", w)
+        time.sleep(3.0)
+        end = now_ms()
+        assert w.stop() == 0
+        counts = audit(sim, settings, exchange, end - 3000, symbols)
+        assert counts[symbols[0].split("@")[0]] > 100_000  # 2.9 days at 0.5 trades/s
+        genesis = sim.genesis
+        _, candles = asyncio.run(stored(settings, exchange, symbols[0].split("@")[0], 0, genesis + 60 * MINUTE_MS))
+        assert candles and candles[0].ts < genesis + 2 * MINUTE_MS  # candles reach back to the first minute
+    finally:
+        if w.proc is not None and w.proc.poll() is None:
+            w.kill9()
+        stop_proc(sim.proc)
