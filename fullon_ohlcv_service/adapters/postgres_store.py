@@ -135,6 +135,7 @@ class PostgresOhlcvStore:
         pool = self._pool
         if pool is None:
             raise RuntimeError("PostgresOhlcvStore used outside 'async with'")
+        genuine: BaseException | None = None
         try:
             async with pool.acquire() as conn:
                 try:
@@ -143,10 +144,17 @@ class PostgresOhlcvStore:
                     # asyncpg reports a connection killed mid-command (before it noticed) this way
                     await asyncio.sleep(0)
                     if not conn.is_closed():
+                        genuine = exc
                         raise
                     raise StoreUnavailable(
                         f"PostgreSQL store {self._where}: connection lost ({exc})"
                     ) from exc
+        except asyncpg.exceptions.InternalClientError as exc:
+            if exc is genuine:
+                raise
+            # the pool resets a connection on release; one lost mid-command fails that reset in the same
+            # way, and the pool terminates it: the server went away (seen when PostgreSQL stops)
+            raise StoreUnavailable(f"PostgreSQL store {self._where}: connection lost on release ({exc})") from exc
         except asyncpg.UndefinedTableError as exc:
             raise PermanentError(
                 f"{self.exchange}: a symbol's tables do not exist ({exc}); call init_symbol first"
