@@ -28,6 +28,7 @@ from fullon_ohlcv_service.adapters.redis_cache import (
     sort_docs,
     split_process_id,
 )
+from fullon_ohlcv_service.adapters.sqlite_wal import enable_wal
 from fullon_ohlcv_service.errors import PermanentError, StoreUnavailable
 from fullon_ohlcv_service.settings import StoreURL
 
@@ -94,7 +95,7 @@ class SyncSqliteProcessCache:
                     self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
                 )
                 conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA journal_mode=WAL")
+                enable_wal(conn, BUSY_TIMEOUT_MS)
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(_SCHEMA)
             except (sqlite3.Error, OSError) as exc:

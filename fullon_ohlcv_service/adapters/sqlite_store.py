@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fullon_ohlcv_service.adapters.sqlite_wal import enable_wal
 from fullon_ohlcv_service.adapters.stores import (
     FETCH_ROWS,
     compute_gaps,
@@ -99,7 +100,7 @@ class SqliteOhlcvStore:
         try:
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute(f"ATTACH DATABASE ? AS {self._schema}", (str(self.path),))
-            conn.execute(f"PRAGMA {self._schema}.journal_mode=WAL").fetchall()
+            enable_wal(conn, BUSY_TIMEOUT_MS, self._schema)
             conn.execute(f"PRAGMA {self._schema}.synchronous=NORMAL")
             conn.execute(f"PRAGMA {self._schema}.cache_size=-32768")
             conn.execute("PRAGMA temp_store=MEMORY")
