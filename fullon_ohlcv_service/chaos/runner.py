@@ -32,7 +32,7 @@ from fullon_ohlcv_service.errors import OhlcvError
 from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.ports import SyncProcessCache
 from fullon_ohlcv_service.settings import parse_store_url
-from fullon_ohlcv_service.simulator.faults import COUNT_KEYS
+from fullon_ohlcv_service.simulator.faults import COUNT_KEYS, SECONDS_KEYS
 from fullon_ohlcv_service.timeutil import ms_to_iso, now_ms
 
 SUPERVISOR = "ohlcv-supervisor"
@@ -643,8 +643,7 @@ class ChaosRun:
         """
         stats = self._http("GET", "/_sim/stats", timeout=10)
         self._note_unserved(stats, "never served before the final SIGTERM, cleared for the catch-up")
-        self._http("POST", "/_sim/faults", body={**dict.fromkeys(COUNT_KEYS, 0), "latency_ms": 0,
-                                                  "ws_drop_every_s": 0, "ws_stall_s": 0, "ws_refuse_s": 0})
+        self._http("POST", "/_sim/faults", body=dict.fromkeys((*COUNT_KEYS, *SECONDS_KEYS, "latency_ms"), 0))
 
     def _phase_catchup(self) -> None:
         self._end_faults()

@@ -86,27 +86,43 @@ def _pg_ready() -> bool:
     return ok
 
 
+def _pg_clusters() -> list[list[str]]:
+    """``pg_lsclusters -h`` rows: version, name, port, status, owner, data directory, log file."""
+    try:
+        out = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise StoreUnavailable(f"pg_lsclusters failed: {exc}") from exc
+    return [line.split() for line in out.splitlines() if line.strip()]
+
+
+def _pg_row(port: int) -> list[str]:
+    for row in _pg_clusters():
+        if len(row) >= 4 and row[2] == str(port):
+            return row
+    raise StoreUnavailable(f"no PostgreSQL cluster listens on port {port} (pg_lsclusters)")
+
+
 def pg_cluster(port: int = PG_PORT) -> tuple[str, str]:
-    """The Debian cluster (version, name) that listens on ``port``, from ``pg_lsclusters``."""
-    ok, out = _run(["pg_lsclusters", "-h"], timeout=30)
-    rows = [line.split() for line in out.split(" | ")] if ok else []
-    for row in rows:
-        if len(row) >= 3 and row[2] == str(port):
-            return row[0], row[1]
-    raise StoreUnavailable(f"no PostgreSQL cluster listens on port {port} (pg_lsclusters: {out or 'nothing'})")
+    """The Debian cluster (version, name) that listens on ``port``."""
+    row = _pg_row(port)
+    return row[0], row[1]
 
 
 def pg_cluster_online(port: int = PG_PORT) -> bool:
-    ok, out = _run(["pg_lsclusters", "-h"], timeout=30)
-    return ok and any(row[2:4] == [str(port), "online"] for row in (line.split() for line in out.split(" | ")))
+    return _pg_row(port)[3] == "online"
 
 
-def pg_stop() -> tuple[bool, str]:
+def _pg_ctl(action: str) -> tuple[bool, str]:
+    """``pg_ctlcluster ACTION`` on the cluster of ``PG_PORT``."""
     try:
         cluster = pg_cluster()
     except StoreUnavailable as exc:
         return False, str(exc)
-    ok, out = _run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "stop"], timeout=60)
+    return _run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, action], timeout=60)
+
+
+def pg_stop() -> tuple[bool, str]:
+    ok, out = _pg_ctl("stop")
     if not ok:
         return False, f"pg_ctlcluster stop failed: {out}"
     if reachable(PG_HOST, PG_PORT, 0.5):
@@ -117,11 +133,7 @@ def pg_stop() -> tuple[bool, str]:
 def pg_start() -> tuple[bool, str]:
     if pg_up():
         return True, "postgresql already up"
-    try:
-        cluster = pg_cluster()
-    except StoreUnavailable as exc:
-        return False, str(exc)
-    _, out = _run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "start"], timeout=60)
+    _, out = _pg_ctl("start")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if pg_up():

@@ -165,9 +165,7 @@ def test_a_quiet_symbol_syncs_without_waiting_for_its_next_trade(tmp_path: Path,
     try:
         assert w.proc is not None
         pid = w.proc.pid
-        t0 = time.monotonic()
         wait_for(lambda: live_and_synced(settings, "binance", 2, pid), 25, "both symbols synced", w)
-        assert time.monotonic() - t0 < 25
         time.sleep(3.0)
         end = now_ms()
         assert w.stop() == 0
