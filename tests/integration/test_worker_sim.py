@@ -309,7 +309,11 @@ def test_postgres_store_and_redis_cache(tmp_path: Path, home: Path, sim: Sim, ex
             pid = client.hget("process:components", f"ohlcv-worker:{exchange}")
             assert pid is not None
             heartbeat.update(json.loads(client.get(f"process:data:{pid.decode()}") or b"{}"))
-            return bool(heartbeat["params"]["state"] == "running")  # not "behind": the backfill is written
+            p = heartbeat["params"]
+            # not "behind": the backfill is written; and a beat taken after every symbol's first commits
+            # (one taken while the writer is between a batch's trades and its candles counts no candles yet)
+            return bool(p["state"] == "running" and all(
+                e["trades_stored"] > 0 and e["candles_stored"] > 0 for e in p["symbols"].values()))
 
         try:
             wait_for(running, 30, "state running", w)
