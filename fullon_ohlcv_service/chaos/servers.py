@@ -68,6 +68,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _postmaster_alive(data: Path) -> bool:
+    try:
+        return _pid_alive(int((data / "postmaster.pid").read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def sweep_leftovers(prefix: str) -> list[Path]:
     """Remove the directories of private servers whose owner process is gone (a run killed with SIGKILL)."""
     removed = []
@@ -76,7 +83,7 @@ def sweep_leftovers(prefix: str) -> list[Path]:
             owner = int((d / OWNER_FILE).read_text().strip())
         except (OSError, ValueError):
             continue  # not ours, or still being created
-        if _pid_alive(owner):
+        if _pid_alive(owner) or _postmaster_alive(d / "data"):
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)
@@ -97,6 +104,7 @@ class PrivateServer:
         self.root: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self.owner = os.getpid()  # a forked child that exits must not close its parent's servers
 
     # ------------------------------------------------------------------ for subclasses
 
@@ -140,8 +148,9 @@ class PrivateServer:
             if why is not None:
                 raise StoreUnavailable(f"cannot start a private {self.kind}: {why}")
             sweep_leftovers(self.prefix)
+            self.owner = os.getpid()
             self.root = Path(tempfile.mkdtemp(prefix=self.prefix))
-            (self.root / OWNER_FILE).write_text(f"{os.getpid()}\n")
+            (self.root / OWNER_FILE).write_text(f"{self.owner}\n")
             _open.add(self)
             try:
                 self._prepare()
@@ -320,6 +329,20 @@ class PrivateRedis(PrivateServer):
         auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}{HOST}:{self.port}/{db}"
 
+    def _ready(self) -> bool:
+        """This very process answers (not another one that took the port first)."""
+        import redis
+
+        assert self.proc is not None
+        client = redis.Redis(host=HOST, port=self.port, password=self.password, socket_timeout=1.0,
+                             socket_connect_timeout=0.3)
+        try:
+            return int(client.info("server")["process_id"]) == self.proc.pid
+        except (redis.RedisError, KeyError, ValueError):
+            return False
+        finally:
+            client.close()
+
     def _argv(self) -> list[str]:
         assert self.root is not None
         argv = ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
@@ -349,4 +372,5 @@ def _as_owner(argv: list[str], pdeathsig: signal.Signals | None = None) -> list[
 def _close_all() -> None:
     """Last resort for a run that never reached its own clean-up (its finalisers or ``finally``)."""
     for server in list(_open):
-        server.close()
+        if server.owner == os.getpid():
+            server.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -132,3 +133,21 @@ def test_chaos_outage_faults_stop_the_runs_own_servers() -> None:
         run._cleanup()
     assert run.pg.proc is None and run.redis.proc is None
     assert not any(r is not None and r.exists() for r in roots)
+
+
+def test_a_forked_child_exiting_leaves_its_parents_server_alone(private_redis: PrivateRedis) -> None:
+    """The exit hook closes only the servers of the process that started them (a forked child has copies)."""
+    from fullon_ohlcv_service.chaos import servers
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            servers._close_all()  # what the child's interpreter exit would run
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert private_redis.running and answers(private_redis.port)
+    assert private_redis.root is not None and private_redis.root.is_dir()
