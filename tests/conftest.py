@@ -99,7 +99,7 @@ def redis_url() -> Iterator[str]:
         try:
             client.flushdb()
         except redis.RedisError:
-            pass  # a test that stopped Redis restarts it; nothing is left to flush
+            pass  # the shared server went away during the test; nothing is left to flush
         client.close()
 
 
