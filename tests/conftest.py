@@ -1,37 +1,23 @@
-"""Shared fixtures: a fresh PostgreSQL database and a private Redis db per test, cleaned up after."""
+"""Shared fixtures: fresh PostgreSQL databases, a private Redis db, and private servers for outage tests."""
 
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fullon_ohlcv_service.chaos.servers import PrivatePostgres, PrivateRedis
+from tests.services import need, private
+
 PG_HOST = os.environ.get("OHLCV_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("OHLCV_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("OHLCV_TEST_PG_USER", "postgres")
 REDIS_HOST = os.environ.get("OHLCV_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("OHLCV_TEST_REDIS_PORT", "6379"))
-REQUIRE = os.environ.get("OHLCV_REQUIRE_SERVICES") == "1"
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def _need(host: str, port: int, what: str) -> None:
-    if not _reachable(host, port):
-        msg = f"{what} is not reachable at {host}:{port}"
-        if REQUIRE:
-            pytest.fail(msg + " (OHLCV_REQUIRE_SERVICES=1)")
-        pytest.skip(msg)
+_need = need  # skips, or fails under OHLCV_REQUIRE_SERVICES=1 (tests/services.py)
 
 
 def _pg_admin() -> str:
@@ -113,8 +99,20 @@ def redis_url() -> Iterator[str]:
         try:
             client.flushdb()
         except redis.RedisError:
-            pass  # a test that stopped Redis restarts it; nothing is left to flush
+            pass  # the shared server went away during the test; nothing is left to flush
         client.close()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of the test's own on a free port (initdb, about a second): stop it at will."""
+    yield from private(PrivatePostgres())
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own on a free port, no password: stop it at will."""
+    yield from private(PrivateRedis())
 
 
 @pytest.fixture

@@ -18,15 +18,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chaos",
         description="Run the whole service (simulator + ohlcv-supervisor) under a seeded fault schedule, then "
         "audit the store against the simulator's ground truth. Exits non-zero on any loss, duplicate, "
-        "wrong candle, orphan process, or fault that could not be applied.",
+        "wrong candle, orphan process, or fault that could not be applied. PostgreSQL and Redis outages stop "
+        "the run's own private servers, never the machine's shared ones.",
     )
     p.add_argument("--minutes", type=float, default=3.0, help="length of the fault phase (default 3)")
     p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and of the market (default 1)")
-    p.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite", help="OHLCV and config store")
-    p.add_argument("--cache", choices=("sqlite", "redis"), default="sqlite", help="process cache")
+    p.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                   help="OHLCV and config store (postgres: a private cluster of the run, on a free port)")
+    p.add_argument("--cache", choices=("sqlite", "redis"), default="sqlite",
+                   help="process cache (redis: a private redis-server of the run, on a free port)")
     p.add_argument("--report", type=Path, metavar="PATH", help="also write the report as JSON to PATH")
     p.add_argument("--keep", action="store_true", help="keep the run directory (logs, SQLite files) even on success")
-    p.add_argument("--redis-db", type=int, default=12, help="private Redis db, flushed before and after (default 12)")
+    p.add_argument("--redis-db", type=int, default=12, help="Redis db on the run's private server (default 12)")
     p.add_argument("--backtest-days", type=int, default=1, help="backfill depth of every symbol (default 1)")
     p.add_argument("--busy-rate", type=float, default=2.0, help="trades/s of the busy symbol (default 2)")
     p.add_argument("--heartbeat-interval", type=float, default=0.5)

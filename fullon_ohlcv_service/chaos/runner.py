@@ -28,6 +28,7 @@ from typing import IO, Any
 from fullon_ohlcv_service.chaos import audit, procs, services
 from fullon_ohlcv_service.chaos import schedule as sched
 from fullon_ohlcv_service.chaos.report import AppliedFault, Report, SymbolResult
+from fullon_ohlcv_service.chaos.servers import HOST, PrivatePostgres, PrivateRedis
 from fullon_ohlcv_service.errors import OhlcvError
 from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.ports import SyncProcessCache
@@ -38,7 +39,7 @@ from fullon_ohlcv_service.timeutil import ms_to_iso, now_ms
 SUPERVISOR = "ohlcv-supervisor"
 Ending = Callable[[], None]  # ends a fault that lasts (SIGCONT, a server started again)
 DAY_MS = 86_400_000
-EXPORT_ATTEMPTS = 10  # 5 s apart: outlasts a 30 s outage of the shared PostgreSQL by someone else
+EXPORT_ATTEMPTS = 10  # 5 s apart: outlasts a 30 s outage of the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,8 @@ class ChaosRun:
         self.dir: Path | None = None
         self.env: dict[str, str] = {}
         self.pg_urls: list[str] = []
+        self.pg: PrivatePostgres | None = None  # the run's own servers: its outages never touch the shared ones
+        self.redis: PrivateRedis | None = None
         self.cache_url = ""
         self._sampler_stop = threading.Event()
         self._sampler: threading.Thread | None = None
@@ -157,8 +160,7 @@ class ChaosRun:
         self.started_ms = 0
         self.sessions: set[int] = set()  # every process we start leads its own session
         self.planned_down: list[tuple[str, float, float]] = []  # (server, from, to) of our own outages
-        used = (["redis"] if opts.cache == "redis" else []) + (["postgresql"] if opts.store == "postgres" else [])
-        self.availability = services.Availability({n: services.ENDPOINTS[n] for n in used})
+        self.availability = services.Availability({})  # watches the private servers once they run
 
     # ------------------------------------------------------------------ helpers
 
@@ -197,20 +199,16 @@ class ChaosRun:
         env["OHLCV_HOME"] = str(home)
         env["LOG_LEVEL"] = "INFO"
         env[procs.MARKER] = self.token
-        if self.opts.store == "postgres":
-            if not services.pg_up():
-                raise RunAborted("PostgreSQL does not answer on 127.0.0.1:5432")
-            self.pg_urls.append(services.create_database("ohlcv_chaos_cfg"))
-            self.pg_urls.append(services.create_database("ohlcv_chaos_data"))
+        self._start_servers()
+        if self.pg is not None:
+            self.pg_urls.append(services.create_database(self.pg.url(), "ohlcv_chaos_cfg"))
+            self.pg_urls.append(services.create_database(self.pg.url(), "ohlcv_chaos_data"))
             env["OHLCV_CONFIG_DB"], env["OHLCV_DB"] = self.pg_urls
         else:
             env["OHLCV_CONFIG_DB"] = f"sqlite://{home / 'config.sqlite'}"
             env["OHLCV_DB"] = f"sqlite://{home / 'ohlcv'}"
-        if self.opts.cache == "redis":
-            if not services.redis_up():
-                raise RunAborted("Redis does not answer on 127.0.0.1:6379")
-            services.redis_flush(self.opts.redis_db)
-            self.cache_url = f"redis://{services.REDIS_HOST}:{services.REDIS_PORT}/{self.opts.redis_db}"
+        if self.redis is not None:
+            self.cache_url = self.redis.url(self.opts.redis_db)
         else:
             self.cache_url = f"sqlite://{home / 'cache.sqlite'}"
         env["OHLCV_CACHE"] = self.cache_url
@@ -223,6 +221,26 @@ class ChaosRun:
             if s.initial:
                 self._config("add-symbol", s.exchange, s.symbol, "--backtest", str(self.opts.backtest_days))
         self.say(f"config ready in {home} (store={self.opts.store} cache={self.opts.cache})")
+
+    def _start_servers(self) -> None:
+        """A private PostgreSQL cluster and redis-server for ``--store postgres`` / ``--cache redis``.
+
+        The run stops and starts them as faults; the machine's shared servers are never touched.
+        """
+        targets: dict[str, tuple[str, int]] = {}
+        if self.opts.store == "postgres":
+            self.pg = PrivatePostgres()
+            self.pg.start()
+            targets["postgresql"] = (HOST, self.pg.port)
+            self.say(f"private PostgreSQL on port {self.pg.port} ({self.pg.root})")
+        if self.opts.cache == "redis":
+            self.redis = PrivateRedis()
+            self.redis.start()
+            targets["redis"] = (HOST, self.redis.port)
+            self.say(f"private Redis on port {self.redis.port}")
+        self.availability.stop()
+        self.availability = services.Availability(targets)
+        self.availability.start()
 
     def simulator_args(self) -> list[str]:
         """``--symbols 'kraken:BTC/USD@2,ETH/USD@0.3;binance:...'`` and history a little deeper than the backfill."""
@@ -486,10 +504,14 @@ class ChaosRun:
         return restore
 
     def _fault_redis_restart(self, fault: sched.Fault, rec: AppliedFault) -> Ending:
-        return self._outage(rec, "redis", services.redis_stop, services.redis_start)
+        if self.redis is None:
+            raise RunAborted("a Redis outage was planned but the run has no Redis")
+        return self._outage(rec, "redis", services.stop_call(self.redis), services.start_call(self.redis))
 
     def _fault_pg_restart(self, fault: sched.Fault, rec: AppliedFault) -> Ending:
-        return self._outage(rec, "postgresql", services.pg_stop, services.pg_start)
+        if self.pg is None:
+            raise RunAborted("a PostgreSQL outage was planned but the run has no PostgreSQL")
+        return self._outage(rec, "postgresql", services.stop_call(self.pg), services.start_call(self.pg))
 
     def _fault_sighup_add_symbol(self, fault: sched.Fault, rec: AppliedFault) -> None:
         assert fault.target is not None and fault.symbol is not None and self.sup is not None
@@ -770,11 +792,12 @@ class ChaosRun:
                 self.notes.append(f"{ex}: simulator faults {why}: {pending}")
 
     def _note_interference(self) -> None:
-        """Outages of a shared server that this run did not cause (another process stopped it)."""
+        """Outages of the run's servers that no fault of the run caused (a crash, or another process)."""
         base = self.phase_mono or time.monotonic()
         for name, a, b in services.unplanned(self.availability.stop(), self.planned_down):
             self.notes.append(f"{name} was down from t={a - base:.1f}s to t={b - base:.1f}s without a fault of this "
-                              "run (another process stopped it): anything that failed then may not be ours to fix")
+                              "run (it died, or another process stopped it): anything that failed then may not be "
+                              "ours to fix")
 
     def _cleanup(self) -> None:
         self._note_interference()
@@ -800,23 +823,10 @@ class ChaosRun:
                     self.errors.append("ohlcv-simulator ignored SIGTERM for 10s; killed")
                     _killpg(self.sim.pid)
                     self.sim.wait(timeout=10)
-        # Services are restored whatever happened.
-        if self.opts.cache == "redis":
-            ok, msg = services.redis_start()
-            if not ok:
-                self.errors.append(msg)
-            else:
-                services.redis_flush(self.opts.redis_db)
-        if self.opts.store == "postgres":
-            ok, msg = services.pg_start()
-            if not ok:
-                self.errors.append(msg)
-            for url in self.pg_urls:
-                try:
-                    services.drop_database(url)
-                except OhlcvError as exc:
-                    self.errors.append(f"could not drop {url.rsplit('/', 1)[1]}: {exc}")
         self._check_orphans("at the end")
+        for server in (self.redis, self.pg):  # the run's own servers go, whatever happened, with their files
+            if server is not None:
+                server.close()
         if self._sampler is not None:
             self._sampler.join(timeout=10)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
-from fullon_ohlcv_service.chaos.services import pg_cluster, pg_cluster_online
+from fullon_ohlcv_service.chaos.servers import PrivatePostgres
+from fullon_ohlcv_service.chaos.services import create_database
 from fullon_ohlcv_service.timeutil import now_ms
+from tests.conftest import PG_HOST, PG_PORT
 from tests.integration.test_worker_sim import (
     SYMBOLS,
     Sim,
@@ -23,6 +24,7 @@ from tests.integration.test_worker_sim import (
     wait_for,
     worker_settings,
 )
+from tests.services import reachable
 
 __all__ = ["sim"]  # the fixture, re-exported for pytest
 
@@ -73,32 +75,27 @@ def test_kill9_and_restart(tmp_path: Path, home: Path, sim: Sim) -> None:
     audit(sim, settings, "binance", end - 3000)
 
 
-def _pg(action: str) -> None:
-    """Stop or start the shared cluster; another test may have started it already (exit 2: fine)."""
-    r = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *pg_cluster(), action],
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0 and pg_cluster_online() != (action == "start"):
-        raise AssertionError(f"pg_ctlcluster {action} failed: {r.stderr.strip()}")
-
-
-def test_postgres_outage(tmp_path: Path, home: Path, sim: Sim, pg_url: str) -> None:
-    settings = worker_settings(home, ohlcv_db=pg_url)
+def test_postgres_outage(tmp_path: Path, home: Path, sim: Sim, private_pg: PrivatePostgres) -> None:
+    """The outage stops the test's own cluster; the machine's shared one keeps answering throughout."""
+    shared_up = reachable(PG_HOST, PG_PORT)
+    settings = worker_settings(home, ohlcv_db=create_database(private_pg.url(), "ohlcv_outage"))
     configure(settings, "kraken", SYMBOLS["kraken"])
     w = make_worker(tmp_path, sim, "kraken", settings)
     w.start()
     behind_seen = False
     try:
         wait_for(lambda: live_and_synced(settings, "kraken", 3), 60, "live", w)
-        _pg("stop")
+        private_pg.stop()
         try:
             deadline = time.monotonic() + 30  # the 30 s outage the worker issue names
             while time.monotonic() < deadline:
                 data = beat(settings, "kraken")
                 if data and data["params"]["state"] == "behind":
                     behind_seen = True
+                assert reachable(PG_HOST, PG_PORT) or not shared_up, "the machine's shared PostgreSQL went down"
                 time.sleep(0.5)
         finally:
-            _pg("start")
+            private_pg.start()  # the same port and data
         assert w.proc is not None and w.proc.poll() is None, "the worker must survive the outage"
         wait_for(lambda: (d := beat(settings, "kraken")) is not None and d["params"]["state"] == "running"
                  and d["params"]["buffer_depth"] < 100, 60, "recovery", w)

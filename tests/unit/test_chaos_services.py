@@ -1,12 +1,9 @@
-"""Outages of shared servers: which observed down intervals a run's own planned outages do not explain."""
+"""Outages of a run's servers: which observed down intervals the run's own planned outages do not explain."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import time
-
-import pytest
 
 from fullon_ohlcv_service.chaos import services
 
@@ -30,7 +27,7 @@ def test_availability_records_a_down_interval() -> None:
         time.sleep(0.3)
         srv.close()
         t_down = time.monotonic()
-        time.sleep(0.4)
+        time.sleep(1.5)  # long enough to be seen by a poller that a loaded machine delays
         srv = socket.socket()
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         srv.bind(("127.0.0.1", port))
@@ -42,14 +39,5 @@ def test_availability_records_a_down_interval() -> None:
         srv.close()
     assert len(intervals) == 1
     name, a, b = intervals[0]
-    assert name == "fake" and t_down - 0.01 <= a <= t_down + 0.3 and t_up - 0.01 <= b <= t_up + 0.3
-
-
-def test_the_postgresql_cluster_is_found_by_its_port() -> None:
-    """The cluster the chaos run stops and starts is the one on 5432, whatever its version (pg_lsclusters)."""
-    if shutil.which("pg_lsclusters") is None:
-        pytest.skip("no Debian PostgreSQL cluster tools here")
-    version, name = services.pg_cluster()
-    assert version.isdigit() and name
-    with pytest.raises(services.StoreUnavailable, match="port 1"):
-        services.pg_cluster(port=1)
+    # ordering, with slack for a loaded machine (the poll is 0.05 s)
+    assert name == "fake" and t_down - 0.01 <= a < t_up <= b + 0.01 and b <= t_up + 2.0
