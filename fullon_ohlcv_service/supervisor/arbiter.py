@@ -399,10 +399,10 @@ class Arbiter:
         if hung:
             kind = ExitKind.CRASH  # it was terminated for a hang: whatever its code, it failed
         if kind is ExitKind.STOPPED:
-            h.due_at = None
-            h.set_state("stopped", self.wall_ms(), "exited 0 (a requested stop): not restarted")
-            log.info("worker exited 0 (a requested stop); not restarting it", uptime_s=round(uptime, 1))
-            return
+            # Every stop the master asks for is handled above. Exit 0 now means someone else stopped
+            # it (a SIGTERM sent to the worker directly): an unexpected exit, restarted like a crash.
+            kind = ExitKind.CRASH
+            text = f"{text} without a stop request from the master"
         if kind is ExitKind.CONFIG:
             reason = f"configuration or boot error ({text}); see the worker's log"
             self._park(h, reason)

@@ -299,17 +299,48 @@ def test_stopped_worker_is_detected_as_hung_and_replaced(masters: Callable[..., 
 
 
 def test_exit_codes_are_a_contract(masters: Callable[..., Master]) -> None:
-    m = masters([{"name": "kraken"}, {"name": "cfgbad", "mode": "config"}, {"name": "quits", "mode": "exit0"}])
+    m = masters([{"name": "kraken"}, {"name": "cfgbad", "mode": "config"}, {"name": "quits", "mode": "exit0"}],
+                settings={"restart_budget": 2})
     m.running_pid("kraken")
     m.wait("cfgbad fatal", lambda: m.state("cfgbad").get("state") == "fatal")
-    m.wait("quits stopped", lambda: m.state("quits").get("state") == "stopped")
-    time.sleep(1.0)  # nothing restarts them
+    # exit 0 that the master did not ask for is an unexpected exit: restarted, within the budget
+    m.wait("quits fatal", lambda: m.state("quits").get("state") == "fatal")
+    time.sleep(1.0)  # nothing restarts them now
     cfg, quits = m.state("cfgbad"), m.state("quits")
     assert cfg["restarts"] == 0 and cfg["last_exit"] == "exit 78" and "configuration or boot error" in cfg["reason"]
-    assert quits["restarts"] == 0 and quits["last_exit"] == "exit 0" and quits["pid"] is None
+    assert quits["restarts"] == 2 and quits["last_exit"] == "exit 0" and quits["pid"] is None
+    assert "restart budget exhausted" in quits["reason"] and "without a stop request from the master" in quits["reason"]
     doc = m.cache.get_component("ohlcv-supervisor")
     assert doc is not None and doc["status"] == "error"  # a parked exchange shows in the master's status
     assert m.stop() == 0
+
+
+def test_a_worker_stopped_by_someone_else_is_restarted(masters: Callable[..., Master]) -> None:
+    """SIGTERM sent to a worker directly: it exits 0, but the master did not ask for it, so it restarts it."""
+    m = masters([{"name": "kraken"}, {"name": "binance"}])
+    k1 = m.running_pid("kraken")
+    b1 = m.running_pid("binance")
+    os.kill(k1, signal.SIGTERM)
+    k2 = m.running_pid("kraken", other_than=k1)
+    st = m.state("kraken")
+    assert st["restarts"] == 1 and st["last_exit"] == "exit 0", st
+    assert "worker died; restarting exchange=kraken" in m.log_path.read_text()
+    assert m.state("binance")["pid"] == b1
+    assert m.stop() == 0
+    assert not alive(k2) and not alive(b1)
+
+
+def test_a_lone_worker_exiting_0_unasked_does_not_end_the_master_with_0(masters: Callable[..., Master]) -> None:
+    """A worker that keeps exiting 0 by itself is restarted until parked; the master then exits 3, not 0,
+    so supervisord (autorestart=unexpected) sees it."""
+    m = masters([{"name": "quits", "mode": "exit0"}], settings={"restart_budget": 2})
+    assert m.proc is not None
+    code = m.proc.wait(20)
+    m.log_file.close()
+    log = m.log_path.read_text()
+    assert code == 3, log  # errors.EXIT_ALL_FATAL
+    assert log.count("worker started exchange=quits") == 3  # the first start and 2 restarts
+    assert "every exchange is parked FATAL" in log
 
 
 def test_crash_loop_backs_off_then_parks_and_a_lone_fatal_exchange_ends_the_master(
