@@ -78,6 +78,19 @@ def _child_exit(target: WorkerTarget, spec: ExchangeSpec, settings: Settings, pa
             os._exit(code)
 
 
+def reload_failure(exc: BaseException) -> str:
+    """One line for a failed configuration re-read: a classified error's own message, else its type too.
+
+    The reload function (supervisor.cli.reload_specs) raises OhlcvError with the password already
+    removed; anything else is a defect, named by its type, and only its first line is kept.
+    """
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if isinstance(exc, OhlcvError) and first:
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def _reaped(pid: int) -> bool:
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
@@ -215,6 +228,7 @@ class Arbiter:
         self._warned_threads = False
         self._dirty = True
         self._next_publish = 0.0
+        self.reload_error: str | None = None  # why the last SIGHUP reload failed; None once one succeeds
 
     # ------------------------------------------------------------------ set-up
 
@@ -622,9 +636,14 @@ class Arbiter:
         self.log.info("SIGHUP: re-reading the configuration")
         try:
             specs = self.reload_fn()
-        except OhlcvError as exc:
-            self.log.error("configuration reload failed; keeping the running set", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a reload never stops the service: reported, kept until fixed
+            self.reload_error = reload_failure(exc)
+            self._dirty = True
+            self.log.error("configuration reload failed; keeping the running set", error=self.reload_error)
             return
+        if self.reload_error is not None:
+            self.log.info("configuration reloaded; the earlier reload error is cleared")
+            self.reload_error = None
         now = self.clock()
         new = {s.name: s for s in specs}
         for name, gone in list(self.handles.items()):
@@ -672,6 +691,8 @@ class Arbiter:
             "heartbeat_timeout": t.heartbeat_timeout,
             "boot_grace": t.boot_grace,
             "stopping": self._stopping,
+            # empty once a reload succeeds: the cache merges params, so an absent key would keep the old one
+            "reload_error": self.reload_error or "",
         }
 
     def _summary(self) -> str:

@@ -167,11 +167,15 @@ class Master:
         assert self.proc is not None
         return self.proc.pid
 
-    def record(self) -> dict[str, Any]:
+    def params(self) -> dict[str, Any]:
         doc = self.cache.get_component("ohlcv-supervisor")
         if not doc or doc["params"].get("pid") != self.pid:
             return {}
-        exchanges: dict[str, Any] = doc["params"]["exchanges"]
+        params: dict[str, Any] = doc["params"]
+        return params
+
+    def record(self) -> dict[str, Any]:
+        exchanges: dict[str, Any] = self.params().get("exchanges") or {}
         return exchanges
 
     def state(self, name: str) -> dict[str, Any]:
@@ -400,6 +404,38 @@ def test_sighup_restarts_only_changed_workers_adds_and_removes(masters: Callable
     assert m.proc is not None and m.proc.poll() is None
     assert m.state("binance")["pid"] == b1
     assert "configuration reload failed; keeping the running set" in m.log_path.read_text()
+    assert m.stop() == 0
+
+
+def test_a_failed_reload_keeps_everything_running_and_shows_until_a_reload_succeeds(
+    masters: Callable[..., Master],
+) -> None:
+    m = masters([{"name": "kraken"}, {"name": "binance"}])
+    k1, b1 = m.running_pid("kraken"), m.running_pid("binance")
+    saved = m.cfg_path.read_text()
+    # unreadable in a way root cannot bypass: a directory where the file was (an unclassified OSError)
+    m.cfg_path.unlink()
+    m.cfg_path.mkdir()
+    os.kill(m.pid, signal.SIGHUP)
+    err = m.wait("the reload error", lambda: m.params().get("reload_error"))
+    assert err.startswith("IsADirectoryError: ") and "\n" not in err, err
+    # a classified error (corrupt content) replaces it
+    m.cfg_path.rmdir()
+    m.cfg_path.write_text("{not json")
+    os.kill(m.pid, signal.SIGHUP)
+    err = m.wait("the second reload error", lambda: (e := m.params().get("reload_error")) != err and e)
+    assert err.startswith(f"{m.cfg_path}: Expecting property name"), err
+    assert m.proc is not None and m.proc.poll() is None
+    assert (m.state("kraken")["pid"], m.state("binance")["pid"]) == (k1, b1) and alive(k1) and alive(b1)
+    log = m.log_path.read_text()
+    assert log.count("configuration reload failed; keeping the running set") == 2
+    assert "Traceback" not in log
+    # fixed: the next reload succeeds and clears the error; the unchanged workers keep running
+    m.cfg_path.write_text(saved)
+    os.kill(m.pid, signal.SIGHUP)
+    m.wait("the reload error cleared", lambda: m.params().get("reload_error") == "")
+    assert "the earlier reload error is cleared" in m.log_path.read_text()
+    assert (m.state("kraken")["pid"], m.state("binance")["pid"]) == (k1, b1)
     assert m.stop() == 0
 
 
