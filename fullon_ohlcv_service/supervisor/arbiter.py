@@ -49,7 +49,11 @@ class Starter(Protocol):
 
 
 def _child_reset_signals() -> None:
-    """In a fresh child: drop the master's wakeup fd and handlers before the worker installs its own."""
+    """In a fresh child: drop the master's wakeup fd and handlers before the worker installs its own.
+
+    The signals stay blocked (see ForkStarter): one that arrived since the fork is delivered when the
+    worker unblocks them, to the worker's handler.
+    """
     signal.set_wakeup_fd(-1)
     for sig in HANDLED_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
@@ -100,7 +104,14 @@ def _reaped(pid: int) -> bool:
 
 
 class ForkStarter:
-    """Forks: the child shares the master's imported modules (ccxt) copy-on-write and starts at once."""
+    """Forks: the child shares the master's imported modules (ccxt) copy-on-write and starts at once.
+
+    The master's signals (``HANDLED_SIGNALS``) are blocked across the fork: a SIGTERM sent to the new
+    pid before the child has replaced the master's handlers stays pending instead of running the
+    master's handler in the child (where it would be lost). The target therefore starts with them
+    blocked and must unblock them once its own handlers are installed, as ``run_worker`` does; the
+    pending signal then reaches the worker's handler.
+    """
 
     def __init__(self, target: WorkerTarget, settings: Settings) -> None:
         self.target = target
@@ -110,9 +121,13 @@ class ForkStarter:
     def start(self, spec: ExchangeSpec, parent_pid: int) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _child_exit(self.target, spec, self.settings, parent_pid, self.close_in_child)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child_exit(self.target, spec, self.settings, parent_pid, self.close_in_child)
+        finally:  # only the master gets here: the child never returns from _child_exit
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return pid
 
 

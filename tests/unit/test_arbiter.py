@@ -55,6 +55,8 @@ def fake_worker(spec: ExchangeSpec, settings: Settings, *, parent_pid: int | Non
         signal.signal(signal.SIGTERM, on_term)
     else:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # ForkStarter's contract: the target starts with the master's signals blocked, unblocks once ready
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
     cache = SyncSqliteProcessCache(settings.cache)
     params = {"pid": os.getpid(), "exchange": spec.name, "symbols": [s.symbol for s in spec.symbols]}
     pid = cache.register("ohlcv", f"ohlcv-worker:{spec.name}", params, status="running")
@@ -100,7 +102,24 @@ def drive() -> None:
         from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
 
         check = check_exchange_supported
-    starter = ForkStarter(fake_worker, settings)
+    target: Callable[..., int] = fake_worker
+    if cfg.get("real_worker"):
+        from fullon_ohlcv_service.worker.main import run_worker
+
+        target = run_worker
+    if cfg.get("term_first_fork"):
+        real_fork, forks = os.fork, 0
+
+        def fork_then_term() -> int:  # a SIGTERM that lands in the child right after fork()
+            nonlocal forks
+            forks += 1
+            pid = real_fork()
+            if pid == 0 and forks == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return pid
+
+        os.fork = fork_then_term
+    starter = ForkStarter(target, settings)
     refusals = int(cfg.get("fail_forks", 0))
     real_start = starter.start
 
@@ -158,7 +177,7 @@ class Master:
         self.log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from tests.unit.test_arbiter import drive; drive()", str(self.cfg_path)],
-            cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self
 
@@ -455,3 +474,62 @@ def test_a_refused_fork_is_retried_with_backoff(masters: Callable[..., Master]) 
     assert log.count("cannot start a worker") == 2
     assert m.state("kraken")["restarts"] == 0
     assert m.stop() == 0
+
+
+def test_the_worker_unblocks_every_signal_the_master_blocks_around_fork() -> None:
+    from fullon_ohlcv_service.supervisor.arbiter import HANDLED_SIGNALS
+    from fullon_ohlcv_service.worker.main import WORKER_SIGNALS
+
+    assert set(HANDLED_SIGNALS) <= WORKER_SIGNALS
+
+
+STOP_DEADLINE_SCRIPT = r"""
+import sys, time
+from fullon_ohlcv_service import log
+from fullon_ohlcv_service.worker.main import StopDeadline
+log.configure("INFO")
+deadline = StopDeadline(float(sys.argv[1]), log.Log("fullon.test"))
+deadline.arm()
+if sys.argv[2] == "again":
+    deadline.expire("second stop signal (SIGINT)")
+time.sleep(30)  # the main thread is stuck (a store thread the exit would wait for)
+sys.exit(5)
+"""
+
+
+@pytest.mark.parametrize(("seconds", "how", "line"), [
+    (0.5, "wait", "stop: graceful timeout reached; exiting now"),
+    (30.0, "again", "stop: second stop signal (SIGINT); exiting now"),
+])
+def test_the_stop_deadline_ends_a_stuck_worker(seconds: float, how: str, line: str) -> None:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", STOP_DEADLINE_SCRIPT, str(seconds), how], cwd=ROOT,
+                          capture_output=True, text=True, timeout=25)
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert line in proc.stderr and "re-fetched from REST on the next start" in proc.stderr
+    assert took < 15.0  # far from the 30 s the main thread would have slept
+
+
+def test_sigterm_right_after_fork_reaches_the_worker_and_workers_ignore_sighup(
+    masters: Callable[..., Master], tmp_path: Path,
+) -> None:
+    """The real ForkStarter and the real run_worker. The first child gets SIGTERM at once, before it has
+    replaced the master's handlers: blocked across the fork, it stays pending until the worker's own
+    handler is installed, which stops the worker (exit 0; lost, the worker would run on; delivered to the
+    default action, it would die 'killed by SIGTERM'). Then ``kill -HUP -PGID``: the master reloads and
+    the worker ignores it."""
+    m = masters([{"name": "kraken"}], real_worker=True, term_first_fork=True,
+                settings={"boot_grace": 60.0, "heartbeat_timeout": 30.0, "heartbeat_interval": 0.2,
+                          "simulator": "http://127.0.0.1:9", "ohlcv_db": f"sqlite://{tmp_path / 'ohlcv'}"})
+    st = m.wait("the first worker's exit", lambda: m.state("kraken") if m.state("kraken").get("last_exit") else None,
+                timeout=30.0)
+    assert st["last_exit"] == "exit 0", st  # the worker's handler ran: a graceful stop
+    pid = m.running_pid("kraken")
+    assert m.state("kraken")["restarts"] == 1  # nobody asked it to stop: restarted
+    os.killpg(os.getpgid(m.pid), signal.SIGHUP)  # a terminal hang-up reaches the whole process group
+    m.wait("the master's reload", lambda: "SIGHUP: re-reading the configuration" in m.log_path.read_text())
+    time.sleep(1.0)
+    assert alive(pid) and m.state("kraken")["pid"] == pid and m.state("kraken")["restarts"] == 1
+    assert m.stop() == 0
+    assert not alive(pid)
