@@ -419,7 +419,7 @@ class Arbiter:
             h.set_state("backoff", self.wall_ms(), "configuration changed: restarting")
             log.info("worker stopped for a configuration change; starting it again", exit=text)
             return
-        if h.retire or self._stopping:
+        if h.retire or self._stopping or self._stop_signal_pending():
             h.due_at = None
             h.set_state("stopped", self.wall_ms(), h.reason if h.retire else "stopped")
             log.info("worker stopped", exit=text)
@@ -446,6 +446,11 @@ class Arbiter:
         h.set_state("backoff", self.wall_ms(), f"{'hung, ' if hung else ''}{text}; restart in {delay:.1f}s")
         log.warning("worker died; restarting", exit=text, uptime_s=round(uptime, 1), delay_s=round(delay, 2),
                     restarts=h.restarts, budget_used=h.budget.used(now))
+
+    def _stop_signal_pending(self) -> bool:
+        """A SIGTERM/SIGINT recorded but not handled yet: supervisord's stopasgroup (or a terminal's
+        Ctrl-C) signals the workers together with the master, so their exits belong to that stop."""
+        return any(sig in (signal.SIGTERM, signal.SIGINT) for sig in self._signals)
 
     def _park(self, h: WorkerHandle, reason: str) -> None:
         h.due_at = None

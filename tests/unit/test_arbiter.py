@@ -533,3 +533,28 @@ def test_sigterm_right_after_fork_reaches_the_worker_and_workers_ignore_sighup(
     assert alive(pid) and m.state("kraken")["pid"] == pid and m.state("kraken")["restarts"] == 1
     assert m.stop() == 0
     assert not alive(pid)
+
+
+class _NoStarter:
+    def start(self, spec: ExchangeSpec, parent_pid: int) -> int:
+        raise AssertionError("not started in this test")
+
+
+def test_an_exit_0_while_the_masters_own_stop_signal_is_pending_belongs_to_that_stop(tmp_path: Path) -> None:
+    """supervisord's stopasgroup (or Ctrl-C in a terminal) signals the workers together with the master:
+    a worker's exit 0 reaped before the master handled its own SIGTERM is part of that requested stop."""
+    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, Timing
+
+    settings = settings_from_env({}, home=str(tmp_path), cache=f"sqlite://{tmp_path / 'cache.sqlite'}", **FAST)
+    cache = SyncSqliteProcessCache(tmp_path / "cache.sqlite")
+    arbiter = Arbiter([_spec({"name": "kraken"}), _spec({"name": "binance"})], Timing.from_settings(settings),
+                      starter=_NoStarter(), cache=cache)
+    kraken, binance = arbiter.handles["kraken"], arbiter.handles["binance"]
+    for pid, h in ((101, kraken), (102, binance)):
+        h.pid, h.state = pid, "running"
+    arbiter._on_exit(binance, 0)  # no stop signal anywhere: someone else stopped it
+    assert (binance.state, binance.restarts) == ("backoff", 1)
+    arbiter._signals.append(signal.SIGTERM)  # recorded by the handler, not handled yet
+    arbiter._on_exit(kraken, 0)
+    assert (kraken.state, kraken.restarts, kraken.due_at) == ("stopped", 0, None)
+    cache.close()
