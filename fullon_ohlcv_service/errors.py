@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Exit codes are a contract between workers, the supervisor and supervisord.
-EXIT_OK = 0  # a requested stop: never restarted
+EXIT_OK = 0  # a requested stop: never restarted (a worker exiting 0 unasked by the master is restarted)
 EXIT_CRASH = 1  # an unexpected failure: restarted with backoff
 EXIT_USAGE = 2  # bad command line (argparse's own code)
 EXIT_CONFIG = 78  # EX_CONFIG: configuration or boot error; the exchange is parked, not restarted

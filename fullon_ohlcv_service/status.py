@@ -112,7 +112,8 @@ def build_report(supervisor: dict[str, Any] | None, workers: dict[str, dict[str,
     else:
         sup_age = _age_s(now, supervisor.get("heartbeat"))
         sup_summary = {"pid": sup_params.get("pid"), "status": supervisor.get("status"),
-                       "heartbeat_age_s": sup_age, "message": supervisor.get("message")}
+                       "heartbeat_age_s": sup_age, "message": supervisor.get("message"),
+                       "reload_error": sup_params.get("reload_error") or None}
         if supervisor.get("status") == "stopped" or sup_params.get("stopping"):
             problems.append("the supervisor is stopping or stopped")
         elif sup_age is None or sup_age > max(timeout, 3 * interval):
@@ -226,6 +227,7 @@ def _symbol_cells(r: SymbolRow, now: int) -> list[str]:
             _opt(r.trades_stored), _opt(r.candles_stored), _fmt_pct(r.backfill_pct), r.error or "-"]
 
 
+RELOAD_FAILED = "configuration reload failed (the previous configuration keeps running)"
 EXCHANGE_HEADER = ["EXCHANGE", "STATE", "PID", "UPTIME", "RESTARTS", "HEARTBEAT", "SYMBOLS", "DATA_AGE",
                    "BACKFILL", "BUFFER", "LAST_ERROR"]
 SYMBOL_HEADER = ["SYMBOL", "DATA_AGE", "LAST_TRADE", "LAST_CANDLE", "TRADES", "CANDLES", "BACKFILL", "ERROR"]
@@ -241,6 +243,8 @@ def render(report: Report, verbose: bool) -> str:
         message = f" ({sup['message']})" if sup.get("message") else ""
         lines.append(f"supervisor: pid {_opt(sup['pid'])}, {sup['status']}, heartbeat "
                      f"{_fmt_age(sup['heartbeat_age_s'])} ago{message}")
+        if sup.get("reload_error"):
+            lines.append(f"{RELOAD_FAILED}: {sup['reload_error']}")
     if not report.exchanges:
         lines.append("no exchange")
         return "\n".join(lines)
@@ -287,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for problem in report.problems:
                 print(f"UNHEALTHY: {problem}")
+        if report.supervisor and report.supervisor.get("reload_error"):
+            # the workers run the previous configuration, so they are healthy: a warning, not a failure
+            print(f"WARNING: {RELOAD_FAILED}: {report.supervisor['reload_error']}")
     else:
         print(render(report, ns.verbose))
     if ns.check and not report.healthy:

@@ -49,7 +49,11 @@ class Starter(Protocol):
 
 
 def _child_reset_signals() -> None:
-    """In a fresh child: drop the master's wakeup fd and handlers before the worker installs its own."""
+    """In a fresh child: drop the master's wakeup fd and handlers before the worker installs its own.
+
+    The signals stay blocked (see ForkStarter): one that arrived since the fork is delivered when the
+    worker unblocks them, to the worker's handler.
+    """
     signal.set_wakeup_fd(-1)
     for sig in HANDLED_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
@@ -78,6 +82,19 @@ def _child_exit(target: WorkerTarget, spec: ExchangeSpec, settings: Settings, pa
             os._exit(code)
 
 
+def reload_failure(exc: BaseException) -> str:
+    """One line for a failed configuration re-read: a classified error's own message, else its type too.
+
+    The reload function (supervisor.cli.reload_specs) raises OhlcvError with the password already
+    removed; anything else is a defect, named by its type, and only its first line is kept.
+    """
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if isinstance(exc, OhlcvError) and first:
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def _reaped(pid: int) -> bool:
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
@@ -87,7 +104,14 @@ def _reaped(pid: int) -> bool:
 
 
 class ForkStarter:
-    """Forks: the child shares the master's imported modules (ccxt) copy-on-write and starts at once."""
+    """Forks: the child shares the master's imported modules (ccxt) copy-on-write and starts at once.
+
+    The master's signals (``HANDLED_SIGNALS``) are blocked across the fork: a SIGTERM sent to the new
+    pid before the child has replaced the master's handlers stays pending instead of running the
+    master's handler in the child (where it would be lost). The target therefore starts with them
+    blocked and must unblock them once its own handlers are installed, as ``run_worker`` does; the
+    pending signal then reaches the worker's handler.
+    """
 
     def __init__(self, target: WorkerTarget, settings: Settings) -> None:
         self.target = target
@@ -97,9 +121,13 @@ class ForkStarter:
     def start(self, spec: ExchangeSpec, parent_pid: int) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _child_exit(self.target, spec, self.settings, parent_pid, self.close_in_child)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child_exit(self.target, spec, self.settings, parent_pid, self.close_in_child)
+        finally:  # only the master gets here: the child never returns from _child_exit
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return pid
 
 
@@ -215,6 +243,7 @@ class Arbiter:
         self._warned_threads = False
         self._dirty = True
         self._next_publish = 0.0
+        self.reload_error: str | None = None  # why the last SIGHUP reload failed; None once one succeeds
 
     # ------------------------------------------------------------------ set-up
 
@@ -390,7 +419,7 @@ class Arbiter:
             h.set_state("backoff", self.wall_ms(), "configuration changed: restarting")
             log.info("worker stopped for a configuration change; starting it again", exit=text)
             return
-        if h.retire or self._stopping:
+        if h.retire or self._stopping or self._stop_signal_pending():
             h.due_at = None
             h.set_state("stopped", self.wall_ms(), h.reason if h.retire else "stopped")
             log.info("worker stopped", exit=text)
@@ -399,10 +428,10 @@ class Arbiter:
         if hung:
             kind = ExitKind.CRASH  # it was terminated for a hang: whatever its code, it failed
         if kind is ExitKind.STOPPED:
-            h.due_at = None
-            h.set_state("stopped", self.wall_ms(), "exited 0 (a requested stop): not restarted")
-            log.info("worker exited 0 (a requested stop); not restarting it", uptime_s=round(uptime, 1))
-            return
+            # Every stop the master asks for is handled above. Exit 0 now means someone else stopped
+            # it (a SIGTERM sent to the worker directly): an unexpected exit, restarted like a crash.
+            kind = ExitKind.CRASH
+            text = f"{text} without a stop request from the master"
         if kind is ExitKind.CONFIG:
             reason = f"configuration or boot error ({text}); see the worker's log"
             self._park(h, reason)
@@ -417,6 +446,11 @@ class Arbiter:
         h.set_state("backoff", self.wall_ms(), f"{'hung, ' if hung else ''}{text}; restart in {delay:.1f}s")
         log.warning("worker died; restarting", exit=text, uptime_s=round(uptime, 1), delay_s=round(delay, 2),
                     restarts=h.restarts, budget_used=h.budget.used(now))
+
+    def _stop_signal_pending(self) -> bool:
+        """A SIGTERM/SIGINT recorded but not handled yet: supervisord's stopasgroup (or a terminal's
+        Ctrl-C) signals the workers together with the master, so their exits belong to that stop."""
+        return any(sig in (signal.SIGTERM, signal.SIGINT) for sig in self._signals)
 
     def _park(self, h: WorkerHandle, reason: str) -> None:
         h.due_at = None
@@ -622,9 +656,14 @@ class Arbiter:
         self.log.info("SIGHUP: re-reading the configuration")
         try:
             specs = self.reload_fn()
-        except OhlcvError as exc:
-            self.log.error("configuration reload failed; keeping the running set", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a reload never stops the service: reported, kept until fixed
+            self.reload_error = reload_failure(exc)
+            self._dirty = True
+            self.log.error("configuration reload failed; keeping the running set", error=self.reload_error)
             return
+        if self.reload_error is not None:
+            self.log.info("configuration reloaded; the earlier reload error is cleared")
+            self.reload_error = None
         now = self.clock()
         new = {s.name: s for s in specs}
         for name, gone in list(self.handles.items()):
@@ -672,6 +711,8 @@ class Arbiter:
             "heartbeat_timeout": t.heartbeat_timeout,
             "boot_grace": t.boot_grace,
             "stopping": self._stopping,
+            # empty once a reload succeeds: the cache merges params, so an absent key would keep the old one
+            "reload_error": self.reload_error or "",
         }
 
     def _summary(self) -> str:

@@ -9,9 +9,10 @@ import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
+from urllib.parse import unquote
 
 from fullon_ohlcv_service import log
-from fullon_ohlcv_service.errors import EXIT_USAGE, ConfigError
+from fullon_ohlcv_service.errors import EXIT_USAGE, ConfigError, OhlcvError, StoreUnavailable
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
 
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ohlcv-supervisor",
         description="Fork one collector worker per exchange, watch their heartbeats and restart them by policy. "
-        "SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the configuration.",
+        "SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the configuration (if that fails, the running "
+        "configuration is kept and ohlcv-status shows why).",
     )
     p.add_argument("--exchanges", metavar="A,B",
                    help="comma-separated ccxt ids (default: every exchange the admin has)")
@@ -90,6 +92,39 @@ def load_specs(settings: Settings, names: Sequence[str] | None) -> list[Exchange
     return specs
 
 
+def reload_specs(settings: Settings, names: Sequence[str] | None) -> list[ExchangeSpec]:
+    """``load_specs`` for a SIGHUP in the running master: every failure is a classified one-line error.
+
+    A configuration database that is corrupt, not SQLite, unreadable or unreachable must not stop the
+    master (it keeps its running configuration and reports the error). Errors the adapters already
+    classify pass through; any other (sqlite3.DatabaseError for a corrupt file, an OSError ...) becomes
+    ConfigError or StoreUnavailable naming the database without its password.
+    """
+    try:
+        return load_specs(settings, names)
+    except OhlcvError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - classified below; the master logs it and keeps running
+        where = settings.config_db.redacted
+        lines = str(exc).strip().splitlines()
+        first = lines[0].strip() if lines else ""
+        detail = _scrub(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, settings.config_db.url)
+        if isinstance(exc, OSError):  # TimeoutError and ConnectionError included
+            raise StoreUnavailable(f"configuration database {where} unavailable: {detail}") from None
+        raise ConfigError(f"configuration database {where} cannot be read: {detail}") from None
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without the password of ``url``, even one with unencoded ``/ ? # @`` (split by hand)."""
+    rest = url.partition("://")[2]
+    userinfo = rest.rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    for secret in {password, unquote(password)}:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 PRELOAD = (
     "ccxt", "ccxt.pro", "uvloop", "aiohttp", "redis", "redis.asyncio", "asyncpg", "sqlite3",
     "fullon_ohlcv_service.adapters.stores", "fullon_ohlcv_service.adapters.sqlite_store",
@@ -129,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         Timing.from_settings(settings, backoff_reset=ns.backoff_reset),
         starter=starter,
         cache=open_sync_process_cache(settings.cache),
-        reload=lambda: load_specs(settings, names),
+        reload=lambda: reload_specs(settings, names),
         check_supported=check_exchange_supported,
         set_title=setproctitle.setproctitle,
     )

@@ -95,7 +95,7 @@ class RestartBudget:
 class ExitKind(Enum):
     """What the master does about one worker exit."""
 
-    STOPPED = "stopped"  # exit 0: a requested stop, never restarted
+    STOPPED = "stopped"  # exit 0: a requested stop if the master asked for it; otherwise restarted like a crash
     CONFIG = "config"  # EXIT_CONFIG: a configuration or boot error, parked at once
     CRASH = "crash"  # anything else (including death by signal): restarted with backoff
 
@@ -114,7 +114,11 @@ def describe_exit(status: int) -> tuple[ExitKind, str]:
 
 
 def classify_code(code: int) -> ExitKind:
-    """The exit-code contract: 0 stopped, EXIT_CONFIG parked, anything else a crash."""
+    """The exit-code contract: 0 stopped, EXIT_CONFIG parked, anything else a crash.
+
+    Exit 0 is a requested stop only when the master asked for it (the arbiter knows which stops it
+    requested); a worker that exits 0 unasked is restarted with the usual backoff and budget.
+    """
     if code == EXIT_OK:
         return ExitKind.STOPPED
     if code == EXIT_CONFIG:

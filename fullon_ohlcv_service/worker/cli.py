@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exchange", required=True, help="ccxt exchange id, as configured (e.g. kraken)")
     p.add_argument("--simulator", help="base URL of an exchange simulator: every ccxt URL points at it")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)")
-    p.add_argument("--graceful-timeout", type=float, help="seconds to flush on SIGTERM (default 10)")
+    p.add_argument("--graceful-timeout", type=float,
+                   help="seconds to flush on SIGTERM or Ctrl-C; the stop never takes longer (rows not committed "
+                   "by then are re-fetched from REST on the next start; default 10)")
     p.add_argument("--flush-rows", type=int, help="rows per write batch (default 1000)")
     p.add_argument("--flush-interval", type=float, help="max seconds a row waits before a flush (default 0.25)")
     p.add_argument("--buffer-rows", type=int, help="rows buffered before reading pauses (default 50000)")

@@ -284,26 +284,47 @@ class WorkerRuntime:
     async def _shutdown(
         self, tasks: list[asyncio.Task[None]], writer: BatchWriter, writer_task: asyncio.Task[None]
     ) -> int:
-        """Stop watching, flush every buffer within the graceful timeout."""
+        """Stop watching, flush every buffer within the graceful timeout; never wait longer.
+
+        With the store down and the buffer full nothing can be flushed: the collectors are cancelled,
+        the open minutes' candles are queued only if there is room in time, and what is still queued
+        at the deadline is left (REST re-fetches it on the next start: the collectors resume from the
+        last stored trade). One second is kept for closing the adapters.
+        """
         deadline = time.monotonic() + self.settings.graceful_timeout
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic() - 1.0)
+
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            done, _ = await asyncio.wait(tasks, timeout=left())
+            for task in done:  # a guarded task ends cancelled; anything else was logged by its guard
+                if not task.cancelled() and task.exception() is not None:
+                    self.log.warning("collector ended with an error while stopping", task=task.get_name(),
+                                     error=repr(task.exception()))
         if self.trades is not None:
-            # candles of minutes the trades already prove closed, and the open minute as provisional
-            for run in self.trades.runs.values():
-                if run.error is None:
-                    await writer.put_candles(run.symbol, run.builder.provisional())
-        remaining = max(0.1, deadline - time.monotonic() - 1.0)
-        flushed = await writer.drain(remaining)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue_open_candles(writer), left())
+        flushed = await writer.drain(left())
         writer_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer_task
         if flushed:
             self.log.info("stopped; buffers flushed", batches=writer.batches)
         else:
-            self.log.error("stopped with rows not flushed (store unavailable)", rows=writer.depth)
+            why = {"error": writer.last_error} if writer.last_error else {}
+            self.log.warning("stopped with rows not committed (store unavailable); they are re-fetched from REST "
+                             "on the next start", rows=writer.depth, **why)
         return EXIT_OK
+
+    async def _queue_open_candles(self, writer: BatchWriter) -> None:
+        """Candles of minutes the trades already prove closed, and the open minute as provisional."""
+        assert self.trades is not None
+        for run in self.trades.runs.values():
+            if run.error is None:
+                await writer.put_candles(run.symbol, run.builder.provisional())
 
     # ---- heartbeat ------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

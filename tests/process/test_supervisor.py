@@ -3,6 +3,7 @@ SIGTERM, SIGKILL of the master, a parked exchange, a Redis outage, and ohlcv-sta
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -153,6 +154,46 @@ def test_parked_exchange_status_check_and_lone_fatal_master_exit(system: System)
     code = system.sup.wait(30)
     assert code == EXIT_ALL_FATAL, system.log()[-3000:]
     assert "every exchange is parked FATAL" in system.log()
+
+
+def test_a_failed_reload_keeps_the_service_running_and_shows_in_status(system: System) -> None:
+    """SIGHUP while the SQLite configuration database is corrupt, then unreadable (a directory in its place:
+    root ignores file modes): the master and its worker keep running, one line is logged per failure, and
+    ohlcv-status shows the error until a reload succeeds."""
+    kraken = _started(system, "kraken")["kraken"]
+    assert system.sup is not None
+    master = system.sup.pid
+    path = Path(system.env["OHLCV_HOME"]) / "config.sqlite"
+    good = path.read_bytes()
+    path.write_bytes(b"\x00 not a database " * 4096)
+    os.kill(master, signal.SIGHUP)
+    err = wait_for("the reload error", lambda: system.sup_params().get("reload_error"), 15, log=system.log)
+    assert str(path) in err and "\n" not in err, err
+    table = system.run("ohlcv-status")
+    assert table.returncode == 0 and f"configuration reload failed (the previous configuration keeps running): " \
+        f"{err}" in table.stdout, table.stdout
+    assert json.loads(system.run("ohlcv-status", "--json").stdout)["supervisor"]["reload_error"] == err
+
+    path.unlink()
+    path.mkdir()
+    os.kill(master, signal.SIGHUP)
+    err2 = wait_for("the second reload error", lambda: (e := system.sup_params().get("reload_error")) != err and e,
+                    15, log=system.log)
+    assert str(path) in err2 and "\n" not in err2, err2
+    assert system.sup.poll() is None and proc_alive(kraken)
+    st = system.state("kraken")
+    assert (st["pid"], st["restarts"], st["state"]) == (kraken, 0, "running"), st
+    log = system.log()
+    assert log.count("configuration reload failed; keeping the running set") == 2
+    assert "Traceback" not in log
+
+    path.rmdir()
+    path.write_bytes(good)
+    os.kill(master, signal.SIGHUP)
+    wait_for("the reload error cleared", lambda: system.sup_params().get("reload_error") == "", 15, log=system.log)
+    assert "configuration reload failed" not in system.run("ohlcv-status").stdout
+    assert system.state("kraken")["pid"] == kraken and proc_alive(kraken)
+    assert system.stop_supervisor() == 0
 
 
 def test_master_sigkill_leaves_no_orphan(system: System) -> None:

@@ -55,6 +55,8 @@ def fake_worker(spec: ExchangeSpec, settings: Settings, *, parent_pid: int | Non
         signal.signal(signal.SIGTERM, on_term)
     else:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # ForkStarter's contract: the target starts with the master's signals blocked, unblocks once ready
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
     cache = SyncSqliteProcessCache(settings.cache)
     params = {"pid": os.getpid(), "exchange": spec.name, "symbols": [s.symbol for s in spec.symbols]}
     pid = cache.register("ohlcv", f"ohlcv-worker:{spec.name}", params, status="running")
@@ -100,7 +102,24 @@ def drive() -> None:
         from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
 
         check = check_exchange_supported
-    starter = ForkStarter(fake_worker, settings)
+    target: Callable[..., int] = fake_worker
+    if cfg.get("real_worker"):
+        from fullon_ohlcv_service.worker.main import run_worker
+
+        target = run_worker
+    if cfg.get("term_first_fork"):
+        real_fork, forks = os.fork, 0
+
+        def fork_then_term() -> int:  # a SIGTERM that lands in the child right after fork()
+            nonlocal forks
+            forks += 1
+            pid = real_fork()
+            if pid == 0 and forks == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return pid
+
+        os.fork = fork_then_term
+    starter = ForkStarter(target, settings)
     refusals = int(cfg.get("fail_forks", 0))
     real_start = starter.start
 
@@ -158,7 +177,7 @@ class Master:
         self.log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from tests.unit.test_arbiter import drive; drive()", str(self.cfg_path)],
-            cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self
 
@@ -167,11 +186,15 @@ class Master:
         assert self.proc is not None
         return self.proc.pid
 
-    def record(self) -> dict[str, Any]:
+    def params(self) -> dict[str, Any]:
         doc = self.cache.get_component("ohlcv-supervisor")
         if not doc or doc["params"].get("pid") != self.pid:
             return {}
-        exchanges: dict[str, Any] = doc["params"]["exchanges"]
+        params: dict[str, Any] = doc["params"]
+        return params
+
+    def record(self) -> dict[str, Any]:
+        exchanges: dict[str, Any] = self.params().get("exchanges") or {}
         return exchanges
 
     def state(self, name: str) -> dict[str, Any]:
@@ -299,17 +322,48 @@ def test_stopped_worker_is_detected_as_hung_and_replaced(masters: Callable[..., 
 
 
 def test_exit_codes_are_a_contract(masters: Callable[..., Master]) -> None:
-    m = masters([{"name": "kraken"}, {"name": "cfgbad", "mode": "config"}, {"name": "quits", "mode": "exit0"}])
+    m = masters([{"name": "kraken"}, {"name": "cfgbad", "mode": "config"}, {"name": "quits", "mode": "exit0"}],
+                settings={"restart_budget": 2})
     m.running_pid("kraken")
     m.wait("cfgbad fatal", lambda: m.state("cfgbad").get("state") == "fatal")
-    m.wait("quits stopped", lambda: m.state("quits").get("state") == "stopped")
-    time.sleep(1.0)  # nothing restarts them
+    # exit 0 that the master did not ask for is an unexpected exit: restarted, within the budget
+    m.wait("quits fatal", lambda: m.state("quits").get("state") == "fatal")
+    time.sleep(1.0)  # nothing restarts them now
     cfg, quits = m.state("cfgbad"), m.state("quits")
     assert cfg["restarts"] == 0 and cfg["last_exit"] == "exit 78" and "configuration or boot error" in cfg["reason"]
-    assert quits["restarts"] == 0 and quits["last_exit"] == "exit 0" and quits["pid"] is None
+    assert quits["restarts"] == 2 and quits["last_exit"] == "exit 0" and quits["pid"] is None
+    assert "restart budget exhausted" in quits["reason"] and "without a stop request from the master" in quits["reason"]
     doc = m.cache.get_component("ohlcv-supervisor")
     assert doc is not None and doc["status"] == "error"  # a parked exchange shows in the master's status
     assert m.stop() == 0
+
+
+def test_a_worker_stopped_by_someone_else_is_restarted(masters: Callable[..., Master]) -> None:
+    """SIGTERM sent to a worker directly: it exits 0, but the master did not ask for it, so it restarts it."""
+    m = masters([{"name": "kraken"}, {"name": "binance"}])
+    k1 = m.running_pid("kraken")
+    b1 = m.running_pid("binance")
+    os.kill(k1, signal.SIGTERM)
+    k2 = m.running_pid("kraken", other_than=k1)
+    st = m.state("kraken")
+    assert st["restarts"] == 1 and st["last_exit"] == "exit 0", st
+    assert "worker died; restarting exchange=kraken" in m.log_path.read_text()
+    assert m.state("binance")["pid"] == b1
+    assert m.stop() == 0
+    assert not alive(k2) and not alive(b1)
+
+
+def test_a_lone_worker_exiting_0_unasked_does_not_end_the_master_with_0(masters: Callable[..., Master]) -> None:
+    """A worker that keeps exiting 0 by itself is restarted until parked; the master then exits 3, not 0,
+    so supervisord (autorestart=unexpected) sees it."""
+    m = masters([{"name": "quits", "mode": "exit0"}], settings={"restart_budget": 2})
+    assert m.proc is not None
+    code = m.proc.wait(20)
+    m.log_file.close()
+    log = m.log_path.read_text()
+    assert code == 3, log  # errors.EXIT_ALL_FATAL
+    assert log.count("worker started exchange=quits") == 3  # the first start and 2 restarts
+    assert "every exchange is parked FATAL" in log
 
 
 def test_crash_loop_backs_off_then_parks_and_a_lone_fatal_exchange_ends_the_master(
@@ -372,6 +426,38 @@ def test_sighup_restarts_only_changed_workers_adds_and_removes(masters: Callable
     assert m.stop() == 0
 
 
+def test_a_failed_reload_keeps_everything_running_and_shows_until_a_reload_succeeds(
+    masters: Callable[..., Master],
+) -> None:
+    m = masters([{"name": "kraken"}, {"name": "binance"}])
+    k1, b1 = m.running_pid("kraken"), m.running_pid("binance")
+    saved = m.cfg_path.read_text()
+    # unreadable in a way root cannot bypass: a directory where the file was (an unclassified OSError)
+    m.cfg_path.unlink()
+    m.cfg_path.mkdir()
+    os.kill(m.pid, signal.SIGHUP)
+    err = m.wait("the reload error", lambda: m.params().get("reload_error"))
+    assert err.startswith("IsADirectoryError: ") and "\n" not in err, err
+    # a classified error (corrupt content) replaces it
+    m.cfg_path.rmdir()
+    m.cfg_path.write_text("{not json")
+    os.kill(m.pid, signal.SIGHUP)
+    err = m.wait("the second reload error", lambda: (e := m.params().get("reload_error")) != err and e)
+    assert err.startswith(f"{m.cfg_path}: Expecting property name"), err
+    assert m.proc is not None and m.proc.poll() is None
+    assert (m.state("kraken")["pid"], m.state("binance")["pid"]) == (k1, b1) and alive(k1) and alive(b1)
+    log = m.log_path.read_text()
+    assert log.count("configuration reload failed; keeping the running set") == 2
+    assert "Traceback" not in log
+    # fixed: the next reload succeeds and clears the error; the unchanged workers keep running
+    m.cfg_path.write_text(saved)
+    os.kill(m.pid, signal.SIGHUP)
+    m.wait("the reload error cleared", lambda: m.params().get("reload_error") == "")
+    assert "the earlier reload error is cleared" in m.log_path.read_text()
+    assert (m.state("kraken")["pid"], m.state("binance")["pid"]) == (k1, b1)
+    assert m.stop() == 0
+
+
 def test_unsupported_exchange_is_parked_before_forking(masters: Callable[..., Master]) -> None:
     m = masters([{"name": "kraken"}, {"name": "bitmex"}], check_supported=True)
     m.running_pid("kraken")
@@ -388,3 +474,87 @@ def test_a_refused_fork_is_retried_with_backoff(masters: Callable[..., Master]) 
     assert log.count("cannot start a worker") == 2
     assert m.state("kraken")["restarts"] == 0
     assert m.stop() == 0
+
+
+def test_the_worker_unblocks_every_signal_the_master_blocks_around_fork() -> None:
+    from fullon_ohlcv_service.supervisor.arbiter import HANDLED_SIGNALS
+    from fullon_ohlcv_service.worker.main import WORKER_SIGNALS
+
+    assert set(HANDLED_SIGNALS) <= WORKER_SIGNALS
+
+
+STOP_DEADLINE_SCRIPT = r"""
+import sys, time
+from fullon_ohlcv_service import log
+from fullon_ohlcv_service.worker.main import StopDeadline
+log.configure("INFO")
+deadline = StopDeadline(float(sys.argv[1]), log.Log("fullon.test"))
+deadline.arm()
+if sys.argv[2] == "again":
+    deadline.expire("second stop signal (SIGINT)")
+time.sleep(30)  # the main thread is stuck (a store thread the exit would wait for)
+sys.exit(5)
+"""
+
+
+@pytest.mark.parametrize(("seconds", "how", "line"), [
+    (0.5, "wait", "stop: graceful timeout reached; exiting now"),
+    (30.0, "again", "stop: second stop signal (SIGINT); exiting now"),
+])
+def test_the_stop_deadline_ends_a_stuck_worker(seconds: float, how: str, line: str) -> None:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", STOP_DEADLINE_SCRIPT, str(seconds), how], cwd=ROOT,
+                          capture_output=True, text=True, timeout=25)
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert line in proc.stderr and "re-fetched from REST on the next start" in proc.stderr
+    assert took < 15.0  # far from the 30 s the main thread would have slept
+
+
+def test_sigterm_right_after_fork_reaches_the_worker_and_workers_ignore_sighup(
+    masters: Callable[..., Master], tmp_path: Path,
+) -> None:
+    """The real ForkStarter and the real run_worker. The first child gets SIGTERM at once, before it has
+    replaced the master's handlers: blocked across the fork, it stays pending until the worker's own
+    handler is installed, which stops the worker (exit 0; lost, the worker would run on; delivered to the
+    default action, it would die 'killed by SIGTERM'). Then ``kill -HUP -PGID``: the master reloads and
+    the worker ignores it."""
+    m = masters([{"name": "kraken"}], real_worker=True, term_first_fork=True,
+                settings={"boot_grace": 60.0, "heartbeat_timeout": 30.0, "heartbeat_interval": 0.2,
+                          "simulator": "http://127.0.0.1:9", "ohlcv_db": f"sqlite://{tmp_path / 'ohlcv'}"})
+    st = m.wait("the first worker's exit", lambda: m.state("kraken") if m.state("kraken").get("last_exit") else None,
+                timeout=30.0)
+    assert st["last_exit"] == "exit 0", st  # the worker's handler ran: a graceful stop
+    pid = m.running_pid("kraken")
+    assert m.state("kraken")["restarts"] == 1  # nobody asked it to stop: restarted
+    os.killpg(os.getpgid(m.pid), signal.SIGHUP)  # a terminal hang-up reaches the whole process group
+    m.wait("the master's reload", lambda: "SIGHUP: re-reading the configuration" in m.log_path.read_text())
+    time.sleep(1.0)
+    assert alive(pid) and m.state("kraken")["pid"] == pid and m.state("kraken")["restarts"] == 1
+    assert m.stop() == 0
+    assert not alive(pid)
+
+
+class _NoStarter:
+    def start(self, spec: ExchangeSpec, parent_pid: int) -> int:
+        raise AssertionError("not started in this test")
+
+
+def test_an_exit_0_while_the_masters_own_stop_signal_is_pending_belongs_to_that_stop(tmp_path: Path) -> None:
+    """supervisord's stopasgroup (or Ctrl-C in a terminal) signals the workers together with the master:
+    a worker's exit 0 reaped before the master handled its own SIGTERM is part of that requested stop."""
+    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, Timing
+
+    settings = settings_from_env({}, home=str(tmp_path), cache=f"sqlite://{tmp_path / 'cache.sqlite'}", **FAST)
+    cache = SyncSqliteProcessCache(tmp_path / "cache.sqlite")
+    arbiter = Arbiter([_spec({"name": "kraken"}), _spec({"name": "binance"})], Timing.from_settings(settings),
+                      starter=_NoStarter(), cache=cache)
+    kraken, binance = arbiter.handles["kraken"], arbiter.handles["binance"]
+    for pid, h in ((101, kraken), (102, binance)):
+        h.pid, h.state = pid, "running"
+    arbiter._on_exit(binance, 0)  # no stop signal anywhere: someone else stopped it
+    assert (binance.state, binance.restarts) == ("backoff", 1)
+    arbiter._signals.append(signal.SIGTERM)  # recorded by the handler, not handled yet
+    arbiter._on_exit(kraken, 0)
+    assert (kraken.state, kraken.restarts, kraken.due_at) == ("stopped", 0, None)
+    cache.close()

@@ -67,3 +67,33 @@ def test_configuration_problems_are_one_line(home: Path) -> None:
 def test_parse_exchanges() -> None:
     assert parse_exchanges(None) is None
     assert parse_exchanges(" Kraken, binance,kraken ,") == ["kraken", "binance"]
+
+
+def test_a_reload_failure_is_one_classified_line(home: Path) -> None:
+    """The running master's re-read (SIGHUP): a corrupt or unreadable configuration database is an
+    OhlcvError of one line naming it, never a raw sqlite3/OS error (which would end the master)."""
+    from fullon_ohlcv_service.errors import OhlcvError
+    from fullon_ohlcv_service.settings import settings_from_env
+    from fullon_ohlcv_service.supervisor.cli import reload_specs
+
+    settings = settings_from_env({"OHLCV_HOME": str(home)})
+    path = settings.config_db.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a database, " * 1000)
+    for breakage in ("corrupt", "a directory"):
+        if breakage == "a directory":
+            path.unlink()
+            path.mkdir()
+        with pytest.raises(OhlcvError) as exc:
+            reload_specs(settings, None)
+        text = str(exc.value)
+        assert str(path) in text and "\n" not in text, (breakage, text)
+
+
+def test_reload_errors_never_carry_the_password() -> None:
+    from fullon_ohlcv_service.supervisor.cli import _scrub
+
+    url = "postgresql://fullon:s3/cr#t@x@db.example:5432/fullon"  # unencoded / # @ in the password
+    assert _scrub("auth failed: s3/cr#t@x rejected", url) == "auth failed: *** rejected"
+    assert _scrub("auth failed: s3%2Fcr", "postgresql://u:s3%2Fcr@h/db") == "auth failed: ***"
+    assert _scrub("no password here", "sqlite:///tmp/config.sqlite") == "no password here"

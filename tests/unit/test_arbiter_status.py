@@ -135,3 +135,38 @@ def test_cli_check_without_supervisor_and_bad_flag(cache_url: str, capsys: pytes
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ohlcv-status: error: unrecognized arguments: --bogus") and "\n" not in err
+
+
+def test_a_failed_reload_shows_until_cleared(cache_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    now = now_ms()
+    wp = worker_params(111, ts=now - 2_000)
+    error = "configuration database sqlite:///h/config.sqlite cannot be read: DatabaseError: file is not a database"
+    cache = SyncSqliteProcessCache(cache_url.removeprefix("sqlite://"))
+    pid = cache.register("ohlcv", "ohlcv-supervisor", {**SUP_PARAMS, "exchanges": {"kraken": sup_entry(111)},
+                                                       "reload_error": error}, status="running")
+    cache.register("ohlcv", "ohlcv-worker:kraken", wp, status="running")
+
+    assert status.main(["--cache", cache_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"configuration reload failed (the previous configuration keeps running): {error}"
+    assert status.main(["--cache", cache_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["supervisor"]["reload_error"] == error
+    # the workers run the previous configuration: healthy, with a warning
+    assert status.main(["--cache", cache_url, "--check"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "OK: 1 worker(s) healthy", f"WARNING: configuration reload failed (the previous configuration keeps "
+        f"running): {error}"]
+
+    parked = {"kraken": sup_entry(111), "bitmex": sup_entry(None, "fatal", reason="gone")}
+    cache.update(pid, params={"exchanges": parked})
+    assert status.main(["--cache", cache_url, "--check"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "UNHEALTHY: bitmex: fatal: gone",
+        f"WARNING: configuration reload failed (the previous configuration keeps running): {error}"]
+
+    cache.update(pid, params={"reload_error": ""})  # a later reload succeeded
+    cache.close()
+    assert status.main(["--cache", cache_url]) == 0
+    assert "reload failed" not in capsys.readouterr().out
+    assert status.main(["--cache", cache_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["supervisor"]["reload_error"] is None
