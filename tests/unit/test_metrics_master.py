@@ -205,6 +205,7 @@ def test_hostile_scrapers_do_not_delay_the_master_and_restarts_are_counted(maste
     again = wait("a scrape from the new exporter", lambda: scrape(listen), 10, m)
     t_again = sample(again, "ohlcv_trades_committed_total", exchange="kraken", symbol="S0/USD")
     assert t_again is not None and t_again >= t_after  # the carry lives in the master: no reset
+    assert sample(again, "ohlcv_websocket_reconnects_total", exchange="kraken") == 2
     assert m.state("kraken")["pid"] == k2  # the worker was not touched
 
     assert m.stop() == 0
