@@ -444,6 +444,7 @@ class CcxtExchange:
         self._overflowed = 0
         self._watched: frozenset[str] = frozenset()
         self._frame_seen: dict[str, int] = {}
+        self._told: set[str] = set()  # kinds of watch told of an interruption and not called since
         self._ohlcv: dict[str, _OhlcvState] = {}
         self._kline_closed: dict[str, dict[int, bool]] = {}
         self._closing = False
@@ -626,10 +627,21 @@ class CcxtExchange:
 
     def _check_events(self, kind: str) -> None:
         """Raise TransientError once per kind of watch after malformed frames or disconnects it has not
-        been told about (they may have happened while nobody was awaiting a watch)."""
+        been told about (they may have happened while nobody was awaiting a watch).
+
+        Events that arrive after a kind was told and before its next call belong to that same
+        interruption (one drop closes every socket of the exchange, and their close events trickle
+        in): no connection of that kind is open until this call subscribes again, so they are
+        absorbed instead of being reported as a second interruption (one drop, one reconnect).
+        """
+        if kind in self._told:
+            self._told.discard(kind)
+            self._frame_seen[kind] = self._events()
+            return
         seen = self._frame_seen.setdefault(kind, self._events())  # a new watcher starts from now
         if self._events() > seen:
             self._frame_seen[kind] = self._events()
+            self._told.add(kind)
             raise TransientError(
                 f"{self.name}: live stream interrupted ({self.malformed_frames} malformed frame(s), "
                 f"{self.disconnects} disconnect(s) so far)"
@@ -684,6 +696,7 @@ class CcxtExchange:
                 raise
             except Exception as exc:
                 self._frame_seen["trades"] = self._events()
+                self._told.add("trades")
                 raise classify(exc) from exc
             self._watched = wanted
         out = list(self._pending)
@@ -716,6 +729,7 @@ class CcxtExchange:
         except Exception as exc:
             state.open = None  # it may have missed updates: never finalise it from the stream
             self._frame_seen[kind] = self._events()
+            self._told.add(kind)
             raise classify(exc) from exc
         return [latest[ts] for ts in sorted(latest)]
 

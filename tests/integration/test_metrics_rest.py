@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from types import MappingProxyType
 
@@ -77,3 +78,30 @@ async def test_retry_counts_its_backoffs_after_a_429() -> None:
     retry = Retry(initial=0.01, rate_limit_floor=0.02)
     assert await retry.call(flaky) == 7
     assert retry.rate_limit_waits == 1 and retry.rate_limit_wait_s == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("name", ["kraken", "binance"])
+async def test_one_websocket_drop_is_one_interruption(sim: Simulator, name: str) -> None:
+    """A drop closes every socket of the exchange; close events that trickle in after the trade watcher
+    was told belong to that drop, so the next call reconnects instead of reporting a second interruption
+    (which the collector would count as a second reconnect and answer with a second catch-up)."""
+    symbols = sim.symbols(name)
+    async with CcxtExchange(ExchangeSpec(name=name), simulator=sim.url) as ex:
+        await asyncio.wait_for(ex.watch_trades(symbols), 10)
+        pending = asyncio.ensure_future(ex.watch_trades(symbols))
+        await asyncio.sleep(0)
+        sim.set_faults({"ws_drop": True, "exchange": name})
+        with pytest.raises(TransientError):
+            for _ in range(50):  # trades already buffered may come first
+                await asyncio.wait_for(pending, 10)
+                pending = asyncio.ensure_future(ex.watch_trades(symbols))
+        ex._on_disconnect("1006: the close of another socket of the same drop, seen late")
+        assert await asyncio.wait_for(ex.watch_trades(symbols), 10)  # reconnected, no second error
+        # a drop while nobody watches is reported once by the next call; late events are absorbed too
+        sim.set_faults({"ws_drop": True, "exchange": name})
+        await asyncio.sleep(0.3)
+        with pytest.raises(TransientError, match="disconnect"):
+            for _ in range(50):
+                await asyncio.wait_for(ex.watch_trades(symbols), 10)
+        ex._on_disconnect("1006: late")
+        assert await asyncio.wait_for(ex.watch_trades(symbols), 10)
