@@ -32,6 +32,7 @@ SYMBOL_COUNTER_HELP = {
     "gaps_found": ("gaps_found_total", "Candle gaps or candle mismatches found in the stored history"),
     "gaps_repaired": ("gaps_repaired_total", "Ranges repaired from REST trades"),
     "rejected": ("rejected_rows_total", "Rows refused by validation or quarantined by the writer"),
+    "rest_errors": ("rest_errors_total", "Failed REST calls for the symbol"),
 }
 
 
@@ -100,6 +101,10 @@ def families(snap: FleetSnapshot, *, per_symbol: bool, rss: Callable[[int], floa
                                labels=EX)
     ex_bf = GaugeMetricFamily(P + "exchange_backfill_ratio", "The least advanced symbol's backfill (0..1)", labels=EX)
     ex_err = GaugeMetricFamily(P + "exchange_symbols_in_error", "Symbols whose collection failed", labels=EX)
+    ex_deg = GaugeMetricFamily(P + "exchange_symbols_degraded", "Symbols behind because REST keeps failing",
+                               labels=EX)
+    reload_failed = GaugeMetricFamily(P + "config_reload_failed", "1 while the last SIGHUP reload failed")
+    reload_failed.add_metric([], 1.0 if snap.reload_error else 0.0)
     ex_counters = {key: CounterMetricFamily(P + "exchange_" + name.removesuffix("_total"), text + " (all symbols)",
                                             labels=EX)
                    for key, (name, text) in SYMBOL_COUNTER_HELP.items()}
@@ -152,6 +157,7 @@ def families(snap: FleetSnapshot, *, per_symbol: bool, rss: Callable[[int], floa
             ex_bf.add_metric([ex], row.backfill_pct / 100.0)
         if row.symbol_rows:
             ex_err.add_metric([ex], float(sum(1 for r in row.symbol_rows if r.error)))
+            ex_deg.add_metric([ex], float(fig.degraded))
         for key, cfam in ex_counters.items():
             total = sum(v.get(key, 0.0) for v in c.symbols.values())
             cfam.add_metric([ex], m.value("ex_" + key, lab, total))
@@ -174,7 +180,8 @@ def families(snap: FleetSnapshot, *, per_symbol: bool, rss: Callable[[int], floa
                 cfam.add_metric([ex, symbol], m.value(key, (ex, symbol), values.get(key, 0.0)))
 
     out += [up, state, wstate, restarts, hb_age, start, rss_g, reconnects, errors, rest, rl_waits, rl_secs,
-            buf_rows, buf_bytes, buf_max, lag, n_sym, ex_age, ex_bf, ex_err, *ex_counters.values(), *hists.values()]
+            buf_rows, buf_bytes, buf_max, lag, n_sym, ex_age, ex_bf, ex_err, ex_deg, reload_failed,
+            *ex_counters.values(), *hists.values()]
     if per_symbol:
         out += [*sym_counters.values(), sym_age, sym_bf, sym_err]
     return out

@@ -23,9 +23,10 @@ REST_OUTCOMES: tuple[str, ...] = ("ok", "rate_limited", "5xx", "error")
 
 # Heartbeat params keys (worker level) that are cumulative counters.
 WORKER_COUNTERS: tuple[str, ...] = ("reconnects", "errors", "rate_limit_waits", "rate_limit_wait_s")
-# Heartbeat params keys (per symbol) that are cumulative counters; ``rejected`` is written by the
-# validation branch (names.md) and read with a default of 0.
-SYMBOL_COUNTERS: tuple[str, ...] = ("trades_stored", "candles_stored", "gaps_found", "gaps_repaired", "rejected")
+# Heartbeat params keys (per symbol) that are cumulative counters; ``rejected`` and ``rest_errors`` are
+# written by other branches (names.md) and read with a default of 0.
+SYMBOL_COUNTERS: tuple[str, ...] = ("trades_stored", "candles_stored", "gaps_found", "gaps_repaired", "rejected",
+                                    "rest_errors")
 # Heartbeat params keys (worker level) holding a histogram (``Histogram.as_params``).
 HISTOGRAMS: tuple[str, ...] = ("commit_seconds", "emit_to_commit_seconds")
 

@@ -47,6 +47,7 @@ class ExchangeFigures:
     loop_lag_s: float | None = None
     buffer_bytes: float | None = None
     buffer_bytes_max: float | None = None
+    degraded: int = 0  # symbols whose state is "degraded" (names.md; 0 until a worker reports it)
     extra_symbols: list[str] = field(default_factory=list)  # symbols known only from the carry
 
 
@@ -57,6 +58,7 @@ class FleetSnapshot:
     report: Report
     exchanges: list[ExchangeFigures]
     metrics_listen: str | None
+    reload_error: str | None = None  # the supervisor's failed SIGHUP reload (names.md), if any
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -93,6 +95,10 @@ def build_snapshot(fleet: Fleet) -> FleetSnapshot:
             fig.loop_lag_s = None if lag_ms is None else lag_ms / 1000.0
             fig.buffer_bytes = _opt_number(params.get("buffer_bytes"))
             fig.buffer_bytes_max = _opt_number(params.get("buffer_bytes_max"))
+            fig.degraded = sum(1 for info in _mapping(params.get("symbols")).values()
+                               if _mapping(info).get("state") == "degraded")
         out.append(fig)
     listen = _mapping(sup_params.get("metrics_exporter")).get("listen")
-    return FleetSnapshot(report=report, exchanges=out, metrics_listen=str(listen) if listen else None)
+    reload_error = sup_params.get("reload_error")
+    return FleetSnapshot(report=report, exchanges=out, metrics_listen=str(listen) if listen else None,
+                         reload_error=str(reload_error) if reload_error else None)

@@ -20,7 +20,7 @@ from fullon_ohlcv_service.metrics.snapshot import Fleet, read_fleet
 from fullon_ohlcv_service.timeutil import ms_to_iso
 
 NOW = 1_780_000_000_000
-SERIES_PER_SYMBOL = 8  # stated in the README
+SERIES_PER_SYMBOL = 9  # stated in the README
 
 
 def worker_params(pid: int, trades: int = 500, reconnects: int = 1, symbols: int = 2) -> dict[str, Any]:
@@ -106,8 +106,19 @@ def test_families_carry_the_status_report_and_the_workers_figures() -> None:
     assert ("ohlcv_buffer_bytes", (("exchange", "kraken"),)) not in s
     params = worker_params(111)
     params.update(buffer_bytes=4096, buffer_bytes_max=1 << 20)
-    s2 = scrape(collector([Fleet(NOW, sup_doc(111), {"kraken": doc(params, NOW - 1_000)})]))
+    assert value(s, "ohlcv_config_reload_failed") == 0
+    assert value(s, "ohlcv_exchange_symbols_degraded", exchange="kraken") == 0
+    # and the other fields of names.md: rest_errors, a degraded symbol, a failed reload
+    params["symbols"]["S0/USD"].update(rest_errors=4, rejected=2, state="degraded")
+    sup = sup_doc(111)
+    sup["params"]["reload_error"] = "config: bad value"
+    s2 = scrape(collector([Fleet(NOW, sup, {"kraken": doc(params, NOW - 1_000)})]))
     assert value(s2, "ohlcv_buffer_bytes", exchange="kraken") == 4096
+    assert value(s2, "ohlcv_rest_errors_total", exchange="kraken", symbol="S0/USD") == 4
+    assert value(s2, "ohlcv_exchange_rest_errors_total", exchange="kraken") == 4
+    assert value(s2, "ohlcv_rejected_rows_total", exchange="kraken", symbol="S0/USD") == 2
+    assert value(s2, "ohlcv_exchange_symbols_degraded", exchange="kraken") == 1
+    assert value(s2, "ohlcv_config_reload_failed") == 1
 
 
 def test_status_json_and_metrics_agree_on_the_same_records() -> None:
