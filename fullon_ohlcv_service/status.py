@@ -171,13 +171,19 @@ async def read_report(settings: Settings) -> Report:
 
     async with open_process_cache(settings.cache) as cache:
         supervisor = await cache.get_component(SUPERVISOR_COMPONENT)
-        names = set(((supervisor or {}).get("params") or {}).get("exchanges") or {})
-        for doc in await cache.list_active("ohlcv"):
-            component = str(doc.get("component") or "")
-            if component.startswith(WORKER_PREFIX) and doc.get("status") != "stopped":
-                names.add(component[len(WORKER_PREFIX):])
-        workers = {name: await cache.get_component(WORKER_PREFIX + name) for name in sorted(names)}
+        names = worker_names(supervisor, await cache.list_active("ohlcv"))
+        workers = {name: await cache.get_component(WORKER_PREFIX + name) for name in names}
     return build_report(supervisor, workers, now_ms())
+
+
+def worker_names(supervisor: dict[str, Any] | None, active: list[dict[str, Any]]) -> list[str]:
+    """The exchanges to report: the supervisor's, plus any worker registered and not stopped (sorted)."""
+    names = set(((supervisor or {}).get("params") or {}).get("exchanges") or {})
+    for doc in active:
+        component = str(doc.get("component") or "")
+        if component.startswith(WORKER_PREFIX) and doc.get("status") != "stopped":
+            names.add(component[len(WORKER_PREFIX):])
+    return sorted(names)
 
 
 # ---------------------------------------------------------------------------- text output

@@ -53,8 +53,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -68,6 +70,7 @@ from fullon_ohlcv_service.errors import (
     TransientError,
 )
 from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.metrics.figures import RestCounters
 from fullon_ohlcv_service.models import Candle, ExchangeSpec, Side, Trade
 from fullon_ohlcv_service.settings import redact_url
 from fullon_ohlcv_service.timeutil import MINUTE_MS, now_ms
@@ -334,6 +337,71 @@ class _ProHooks:
                 del flags[ts]
 
 
+# the HTTP status of the request in flight in this task (ccxt's on_rest_response sees it, fetch's caller does not)
+_HTTP_STATUS: contextvars.ContextVar[list[int]] = contextvars.ContextVar("ohlcv_http_status")
+_RATE_LIMIT_WAIT_S = 0.001  # a throttle shorter than this is not a wait
+
+
+def rest_outcome(status: int | None, exc: BaseException | None) -> str:
+    """One REST request's outcome label: ok, rate_limited (429/418), 5xx, or error (anything else)."""
+    import ccxt
+
+    if exc is None:
+        return "ok"
+    if status in (418, 429) or isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded):
+        return "rate_limited"
+    if status is not None and 500 <= status <= 599:
+        return "5xx"
+    return "error"
+
+
+class _RestHooks:
+    """Mixed into the ccxt REST class: counts every HTTP request by outcome and the rate limiter's waits."""
+
+    ohlcv_counters: RestCounters | None = None
+
+    async def fetch(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
+        counters = self.ohlcv_counters
+        if counters is None:
+            return await super().fetch(url, method, headers, body)  # type: ignore[misc]
+        holder: list[int] = []
+        token = _HTTP_STATUS.set(holder)
+        try:
+            result = await super().fetch(url, method, headers, body)  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            counters.count(rest_outcome(holder[-1] if holder else None, exc))
+            raise
+        finally:
+            _HTTP_STATUS.reset(token)
+        counters.count("ok")
+        return result
+
+    def on_rest_response(self, code: Any, reason: Any, url: Any, method: Any, response_headers: Any,
+                         response_body: Any, request_headers: Any, request_body: Any) -> Any:
+        holder = _HTTP_STATUS.get(None)
+        if holder is not None and isinstance(code, int):
+            holder.append(code)
+        return super().on_rest_response(  # type: ignore[misc]
+            code, reason, url, method, response_headers, response_body, request_headers, request_body)
+
+    async def throttle(self, cost: Any = None) -> Any:
+        t0 = time.monotonic()
+        result = await super().throttle(cost)  # type: ignore[misc]
+        waited = time.monotonic() - t0
+        if waited >= _RATE_LIMIT_WAIT_S and self.ohlcv_counters is not None:
+            self.ohlcv_counters.waited(waited)
+        return result
+
+
+def _rest_class(name: str) -> Any:
+    import ccxt.async_support as ccxt_async
+
+    base = getattr(ccxt_async, name)
+    return type(f"{name}_ohlcv_rest", (_RestHooks, base), {})
+
+
 def _pro_class(name: str) -> Any:
     import ccxt.pro
 
@@ -365,6 +433,7 @@ class CcxtExchange:
         self.simulator = simulator
         self.config = build_config(spec.name, spec.params, simulator)
         self.malformed_frames = 0
+        self.rest_counters = RestCounters()  # REST requests by outcome, rate-limit waits (for /metrics)
         self.disconnects = 0  # websocket errors and closes seen (each means live data may be missing)
         self.log = Log("fullon.adapters.ccxt", exchange=spec.name)
         self._rest: Any = None
@@ -375,6 +444,7 @@ class CcxtExchange:
         self._overflowed = 0
         self._watched: frozenset[str] = frozenset()
         self._frame_seen: dict[str, int] = {}
+        self._told: set[str] = set()  # kinds of watch told of an interruption and not called since
         self._ohlcv: dict[str, _OhlcvState] = {}
         self._kline_closed: dict[str, dict[int, bool]] = {}
         self._closing = False
@@ -382,10 +452,9 @@ class CcxtExchange:
     # ---- lifecycle
 
     async def __aenter__(self) -> CcxtExchange:
-        import ccxt.async_support as ccxt_async
-
         try:
-            self._rest = getattr(ccxt_async, self.name)(_deep_merge({}, self.config))
+            self._rest = _rest_class(self.name)(_deep_merge({}, self.config))
+            self._rest.ohlcv_counters = self.rest_counters
             self._pro = _pro_class(self.name)(_deep_merge({}, self.config))
         except Exception as exc:
             await self.close()
@@ -558,10 +627,21 @@ class CcxtExchange:
 
     def _check_events(self, kind: str) -> None:
         """Raise TransientError once per kind of watch after malformed frames or disconnects it has not
-        been told about (they may have happened while nobody was awaiting a watch)."""
+        been told about (they may have happened while nobody was awaiting a watch).
+
+        Events that arrive after a kind was told and before its next call belong to that same
+        interruption (one drop closes every socket of the exchange, and their close events trickle
+        in): no connection of that kind is open until this call subscribes again, so they are
+        absorbed instead of being reported as a second interruption (one drop, one reconnect).
+        """
+        if kind in self._told:
+            self._told.discard(kind)
+            self._frame_seen[kind] = self._events()
+            return
         seen = self._frame_seen.setdefault(kind, self._events())  # a new watcher starts from now
         if self._events() > seen:
             self._frame_seen[kind] = self._events()
+            self._told.add(kind)
             raise TransientError(
                 f"{self.name}: live stream interrupted ({self.malformed_frames} malformed frame(s), "
                 f"{self.disconnects} disconnect(s) so far)"
@@ -616,6 +696,7 @@ class CcxtExchange:
                 raise
             except Exception as exc:
                 self._frame_seen["trades"] = self._events()
+                self._told.add("trades")
                 raise classify(exc) from exc
             self._watched = wanted
         out = list(self._pending)
@@ -648,6 +729,7 @@ class CcxtExchange:
         except Exception as exc:
             state.open = None  # it may have missed updates: never finalise it from the stream
             self._frame_seen[kind] = self._events()
+            self._told.add(kind)
             raise classify(exc) from exc
         return [latest[ts] for ts in sorted(latest)]
 

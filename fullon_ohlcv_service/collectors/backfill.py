@@ -52,6 +52,8 @@ class Retry:
         self.maximum = maximum
         self.rate_limit_floor = rate_limit_floor
         self.failures = 0
+        self.rate_limit_waits = 0  # backoffs after a 429/418 (for /metrics)
+        self.rate_limit_wait_s = 0.0
 
     async def call(self, fn: Callable[[], Awaitable[T]], stop: Callable[[], bool] = lambda: False) -> T:
         delay = self.initial
@@ -63,6 +65,9 @@ class Retry:
                 if stop():
                     raise
                 wait = max(delay, self.rate_limit_floor) if isinstance(exc, RateLimited) else delay
+                if isinstance(exc, RateLimited):
+                    self.rate_limit_waits += 1
+                    self.rate_limit_wait_s += wait
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, self.maximum)
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+from collections import Counter
 
 from fullon_ohlcv_service.collectors.backfill import Cursor, page_candles, page_trades
 from fullon_ohlcv_service.collectors.candles import candles_from_trades
@@ -55,6 +56,8 @@ class CandleCollector:
         self.gap_every = gap_every
         self.max_repairs = max_repairs
         self.gaps_repaired = 0
+        self.gaps_found_by: Counter[str] = Counter()  # per symbol: gaps and candle mismatches found
+        self.gaps_repaired_by: Counter[str] = Counter()  # per symbol: ranges repaired from REST trades
         self.mismatches = 0
         self.rest_candles = 0
         self.live_candles = 0
@@ -140,6 +143,7 @@ class CandleCollector:
             if ours is None and c.ts < run.built_from:
                 continue  # a minute from before this run: its stored candle was built then
             self.mismatches += 1
+            self.gaps_found_by[run.symbol] += 1
             self.log.warning("candle differs from the exchange; repairing its trades", symbol=run.symbol, ts=c.ts)
             await self.repair(run, c.ts, c.ts + MINUTE_MS)
             await self.writer.put_candles(run.symbol, [c])
@@ -165,6 +169,7 @@ class CandleCollector:
             until = run.builder.final_to if run.builder.final_to is not None else run.built_from
             await self.writer.wait_committed(self.writer.last_seq)
             gaps = await self.store.candle_gaps(run.symbol, run.history_start, until)
+            self.gaps_found_by[run.symbol] += len(gaps)
             for a, b in gaps:
                 while a < b and repaired < self.max_repairs:
                     end = min(b, a + REPAIR_CHUNK_MS)
@@ -192,5 +197,6 @@ class CandleCollector:
         if complete:
             await self.writer.put_coverage(run.symbol, a, b)
         self.gaps_repaired += 1
+        self.gaps_repaired_by[run.symbol] += 1
         self.log.info("gap repaired from REST trades", symbol=run.symbol, start=a, end=b, trades=len(got),
                       complete=complete)

@@ -299,7 +299,7 @@ class TradeCollector:
                 run.stale.add(floor_minute(t.ts))
         if not new:
             return 0.0
-        return await self.writer.put_trades(run.symbol, new)
+        return await self.writer.put_trades(run.symbol, new, live=True)
 
     async def advance(self, run: SymbolRun, watermark: int) -> None:
         """Every trade before ``watermark`` is taken: write final candles, then the coverage."""

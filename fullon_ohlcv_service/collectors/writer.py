@@ -11,7 +11,9 @@ from typing import Protocol, cast
 
 from fullon_ohlcv_service.errors import TransientError
 from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.metrics.figures import COMMIT_BUCKETS, EMIT_BUCKETS, Histogram
 from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.timeutil import now_ms
 
 
 class WriteTarget(Protocol):
@@ -47,6 +49,7 @@ class _Op:
     rows: int
     seq: int
     at: float
+    live: bool = False  # live trades: their emit-to-commit latency is measured
 
 
 class BatchWriter:
@@ -94,6 +97,8 @@ class BatchWriter:
         self.batches = 0
         self.stats: dict[str, SymbolStats] = {}
         self.last_error: str | None = None
+        self.commit_seconds = Histogram(COMMIT_BUCKETS)  # per committed batch (for /metrics)
+        self.emit_to_commit_seconds = Histogram(EMIT_BUCKETS)  # per live trade: exchange time -> commit
 
     # ---- producer side -------------------------------------------------------------------
     @property
@@ -116,19 +121,21 @@ class BatchWriter:
             st = self.stats[symbol] = SymbolStats()
         return st
 
-    async def put_trades(self, symbol: str, trades: Sequence[Trade]) -> float:
-        """Queue trades; return the seconds spent waiting for room (backpressure)."""
-        return await self._put_chunks(_TRADES, symbol, trades)
+    async def put_trades(self, symbol: str, trades: Sequence[Trade], *, live: bool = False) -> float:
+        """Queue trades; return the seconds spent waiting for room (backpressure). ``live``: from the
+        websocket, so their exchange-timestamp-to-commit latency is measured."""
+        return await self._put_chunks(_TRADES, symbol, trades, live)
 
     async def put_candles(self, symbol: str, candles: Sequence[Candle]) -> float:
         return await self._put_chunks(_CANDLES, symbol, candles)
 
-    async def _put_chunks(self, kind: int, symbol: str, rows: Sequence[Trade] | Sequence[Candle]) -> float:
+    async def _put_chunks(self, kind: int, symbol: str, rows: Sequence[Trade] | Sequence[Candle],
+                          live: bool = False) -> float:
         waited = 0.0
         step = self.flush_rows
         for i in range(0, len(rows), step):
             chunk = list(rows[i : i + step])
-            waited += await self._put(kind, symbol, chunk, len(chunk))
+            waited += await self._put(kind, symbol, chunk, len(chunk), live)
         return waited
 
     async def put_coverage(self, symbol: str, start: int, end: int) -> float:
@@ -136,7 +143,7 @@ class BatchWriter:
             return 0.0
         return await self._put(_COVERAGE, symbol, (start, end), 1)
 
-    async def _put(self, kind: int, symbol: str, payload: object, rows: int) -> float:
+    async def _put(self, kind: int, symbol: str, payload: object, rows: int, live: bool = False) -> float:
         waited = 0.0
         if self._rows and self._rows + rows > self.buffer_rows:
             t0 = time.monotonic()
@@ -145,7 +152,7 @@ class BatchWriter:
                 await self._progress.wait()
             waited = time.monotonic() - t0
         self._seq += 1
-        self._queue.append(_Op(kind, symbol, payload, rows, self._seq, time.monotonic()))
+        self._queue.append(_Op(kind, symbol, payload, rows, self._seq, time.monotonic(), live))
         self._rows += rows
         self._wake.set()
         return waited
@@ -205,8 +212,10 @@ class BatchWriter:
             rows += op.rows
         delay = self.backoff_initial
         while True:
+            t0 = time.perf_counter()
             try:
                 await self._write(batch)
+                self._observe(batch, time.perf_counter() - t0)
                 break
             except TransientError as exc:
                 self._note_failure(exc, rows)
@@ -225,6 +234,15 @@ class BatchWriter:
         self._rows -= rows
         self._committed = batch[-1].seq
         self._progress.set()
+
+    def _observe(self, batch: list[_Op], took_s: float) -> None:
+        """Histograms of a committed batch: its commit time, and each live trade's emit-to-commit latency."""
+        self.commit_seconds.observe(took_s)
+        committed_ms = now_ms()
+        for op in batch:
+            if op.live:
+                for t in cast(list[Trade], op.payload):
+                    self.emit_to_commit_seconds.observe(max(0.0, (committed_ms - t.ts) / 1000.0))
 
     def _note_failure(self, exc: BaseException, rows: int, unexpected: bool = False) -> None:
         self.write_errors += 1

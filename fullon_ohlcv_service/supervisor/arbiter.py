@@ -27,6 +27,8 @@ from fullon_ohlcv_service.errors import (
     OhlcvError,
 )
 from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.metrics.ledger import Ledger, restart_reason
+from fullon_ohlcv_service.metrics.process import ExporterProcess
 from fullon_ohlcv_service.models import ExchangeSpec, SymbolSpec
 from fullon_ohlcv_service.ports import SyncProcessCache
 from fullon_ohlcv_service.settings import Settings
@@ -214,6 +216,7 @@ class Arbiter:
         wall_ms: Callable[[], int] = now_ms,
         rng: Callable[[], float] = random.random,
         tick: float = TICK_S,
+        exporter: ExporterProcess | None = None,
     ) -> None:
         self.timing = timing
         self.starter = starter
@@ -226,6 +229,8 @@ class Arbiter:
         self.rng = rng
         self.tick = tick
         self.log = Log("fullon.supervisor")
+        self.exporter = exporter  # the /metrics child process (--metrics-port), or None
+        self.ledger = Ledger()  # restarts by reason and ended lives' counters, for /metrics
         self.handles: dict[str, WorkerHandle] = {}
         for spec in specs:
             self._add(spec)
@@ -272,10 +277,13 @@ class Arbiter:
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)
         if isinstance(self.starter, ForkStarter):
-            self.starter.close_in_child = (self._rfd, self._wfd)
+            self.starter.close_in_child = (self._rfd, self._wfd, *self._exporter_fds())
         self._old_wakeup_fd = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
         for sig in HANDLED_SIGNALS:
             self._old_handlers[sig] = signal.signal(sig, self._record_signal)
+
+    def _exporter_fds(self) -> tuple[int, ...]:
+        return (self.exporter.fileno(),) if self.exporter is not None else ()
 
     def _uninstall_signals(self) -> None:
         signal.set_wakeup_fd(self._old_wakeup_fd)
@@ -336,6 +344,8 @@ class Arbiter:
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+        if self.exporter is not None:
+            self.exporter.finish()
 
     def _sleep(self) -> None:
         now = self.clock()
@@ -389,6 +399,10 @@ class Arbiter:
                 return
             if pid == 0:
                 return
+            if self.exporter is not None and self.exporter.owns(pid):
+                self.exporter.on_exit(status)
+                self._dirty = True
+                continue
             handle = self._by_pid(pid)
             if handle is None:
                 self.log.debug("reaped a process that is not a worker", child=pid)
@@ -400,6 +414,7 @@ class Arbiter:
         kind, text = describe_exit(status)
         uptime = now - h.started_at
         pid = h.pid
+        self.ledger.life_ended(h.name, pid, self._final_params(h))
         h.pid = None
         h.kill_at = None
         h.killed = False
@@ -416,6 +431,7 @@ class Arbiter:
             h.retire = False
             h.backoff.reset()
             h.due_at = now
+            self.ledger.restarted(h.name, "config_changed")
             h.set_state("backoff", self.wall_ms(), "configuration changed: restarting")
             log.info("worker stopped for a configuration change; starting it again", exit=text)
             return
@@ -442,6 +458,7 @@ class Arbiter:
             return
         delay = h.backoff.on_exit(uptime)
         h.restarts += 1
+        self.ledger.restarted(h.name, restart_reason(status, hung))
         h.due_at = now + delay
         h.set_state("backoff", self.wall_ms(), f"{'hung, ' if hung else ''}{text}; restart in {delay:.1f}s")
         log.warning("worker died; restarting", exit=text, uptime_s=round(uptime, 1), delay_s=round(delay, 2),
@@ -451,6 +468,16 @@ class Arbiter:
         """A SIGTERM/SIGINT recorded but not handled yet: supervisord's stopasgroup (or a terminal's
         Ctrl-C) signals the workers together with the master, so their exits belong to that stop."""
         return any(sig in (signal.SIGTERM, signal.SIGINT) for sig in self._signals)
+    def _final_params(self, h: WorkerHandle) -> dict[str, Any] | None:
+        """The reaped worker's last heartbeat params (its final counters), when the cache answers."""
+        if self._cache_down:
+            return None
+        try:
+            doc = self.cache.get_component(h.component)
+        except OhlcvError:
+            return None  # the ledger keeps the newest beat the liveness check read
+        params = (doc or {}).get("params")
+        return params if isinstance(params, dict) else None
 
     def _park(self, h: WorkerHandle, reason: str) -> None:
         h.due_at = None
@@ -489,8 +516,9 @@ class Arbiter:
         if not doc:
             return
         params = doc.get("params") or {}
-        if params.get("pid") != h.pid:
+        if h.pid is None or params.get("pid") != h.pid:
             return  # a previous incarnation's beat never counts
+        self.ledger.seen(h.name, h.pid, params)
         try:
             beat_ms = parse_time(str(doc.get("heartbeat") or ""))
         except ValueError:
@@ -565,6 +593,8 @@ class Arbiter:
         self._exit_code = code
         self._dirty = True
         self.log.info("stopping: telling the workers", reason=reason, graceful_timeout_s=self.timing.graceful_timeout)
+        if self.exporter is not None:
+            self.exporter.stop()
         for h in self.handles.values():
             h.retire = True
             h.pending_spec = None
@@ -581,12 +611,18 @@ class Arbiter:
             self._exit_code = EXIT_CRASH
         self._publish(final=True)
         self.cache.close()
+        if self.exporter is not None:
+            self.exporter.finish()
         self.log.info("master stopped", exit_code=self._exit_code, reason=self._stop_reason)
         return self._exit_code
 
     # ------------------------------------------------------------------ reconcile
 
     def _reconcile(self) -> None:
+        if self.exporter is not None and self.exporter.due():
+            self.cache.close()  # no Redis/SQLite connection crosses a fork
+            self.exporter.start(self.pid, close_fds=(self._rfd, self._wfd))
+            self._dirty = True
         now = self.clock()
         for h in list(self.handles.values()):
             if h.alive or h.due_at is None or h.due_at > now or h.state in ("fatal", "stopped"):
@@ -613,6 +649,7 @@ class Arbiter:
                 return
             delay = max(h.backoff.on_exit(0.0), self.timing.backoff_initial)
             h.due_at = now + delay
+            self.ledger.restarted(h.name, "start_failed")
             h.set_state("backoff", self.wall_ms(), f"cannot start a worker: {exc}; retry in {delay:.1f}s")
             self._dirty = True
             self.log.error("cannot start a worker", exchange=h.name, error=str(exc), delay_s=round(delay, 2))
@@ -713,6 +750,8 @@ class Arbiter:
             "stopping": self._stopping,
             # empty once a reload succeeds: the cache merges params, so an absent key would keep the old one
             "reload_error": self.reload_error or "",
+            "metrics": self.ledger.params(),
+            **({"metrics_exporter": self.exporter.params()} if self.exporter is not None else {}),
         }
 
     def _summary(self) -> str:

@@ -8,13 +8,16 @@ import importlib
 import re
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import unquote
 
 from fullon_ohlcv_service import log
 from fullon_ohlcv_service.errors import EXIT_USAGE, ConfigError, OhlcvError, StoreUnavailable
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
+
+if TYPE_CHECKING:
+    from fullon_ohlcv_service.metrics.process import ExporterProcess
 
 _EXCHANGE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -53,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a worker up this long was healthy: its next restart is immediate (default 30)")
     g.add_argument("--start-method", choices=("fork", "spawn"), default="fork",
                    help="how workers are started (default fork; spawn exists for the benchmark)")
+    m = p.add_argument_group("metrics (Prometheus)")
+    m.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve /metrics on this TCP port from a small child process (default: off; 0 = any free port)")
+    m.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address /metrics listens on (default 127.0.0.1)")
+    m.add_argument("--metrics-per-symbol", choices=("on", "off"), default="on",
+                   help="export the per-symbol series (8 per symbol; default on)")
     add_common_args(p)
     return p
 
@@ -158,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from fullon_ohlcv_service.worker.main import run_worker
 
     specs = load_specs(settings, names)
+    exporter = open_exporter(ns, settings)
     starter: Starter = (ForkStarter if ns.start_method == "fork" else SpawnStarter)(run_worker, settings)
     arbiter = Arbiter(
         specs,
@@ -167,5 +178,21 @@ def main(argv: list[str] | None = None) -> int:
         reload=lambda: reload_specs(settings, names),
         check_supported=check_exchange_supported,
         set_title=setproctitle.setproctitle,
+        exporter=exporter,
     )
     return arbiter.run()
+
+
+def open_exporter(ns: argparse.Namespace, settings: Settings) -> ExporterProcess | None:
+    """Bind the /metrics socket now (a bad port is a one-line error before any fork); None when off."""
+    if ns.metrics_port is None:
+        return None
+    if not 0 <= ns.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port: {ns.metrics_port} is not a TCP port (0-65535)")
+    import functools
+
+    from fullon_ohlcv_service.metrics.exporter import run_exporter
+    from fullon_ohlcv_service.metrics.process import ExporterProcess, listen
+
+    target = functools.partial(run_exporter, cache_url=settings.cache, per_symbol=ns.metrics_per_symbol == "on")
+    return ExporterProcess(listen(ns.metrics_host, ns.metrics_port), target)

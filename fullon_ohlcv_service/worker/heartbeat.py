@@ -11,6 +11,7 @@ from typing import Any
 
 from fullon_ohlcv_service.errors import OhlcvError
 from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.metrics.figures import WorkerFigures
 from fullon_ohlcv_service.ports import ProcessCache
 
 STATES = ("starting", "running", "behind", "error")
@@ -26,9 +27,11 @@ class SymbolBeat:
     candles_stored: int = 0
     backfill_pct: float = 0.0
     error: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)  # more cumulative counters (gaps, for /metrics)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **self.counters,
             "last_trade_ms": self.last_trade_ms,
             "last_final_candle_ms": self.last_final_candle_ms,
             "trades_stored": self.trades_stored,
@@ -54,6 +57,7 @@ class Snapshot:
     reconnects: int = 0
     gaps_repaired: int = 0
     errors: int = 0
+    figures: WorkerFigures | None = None  # REST outcomes, rate-limit waits, histograms (for /metrics)
 
 
 def worker_state(s: Snapshot) -> str:
@@ -83,6 +87,7 @@ def build_params(s: Snapshot) -> dict[str, Any]:
         "reconnects": s.reconnects,
         "gaps_repaired": s.gaps_repaired,
         "errors": s.errors,
+        **(s.figures.as_params() if s.figures is not None else {}),
     }
 
 

@@ -22,6 +22,7 @@ from fullon_ohlcv_service.errors import (
     TransientError,
 )
 from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.metrics.worker import worker_figures
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore, ProcessCache
 from fullon_ohlcv_service.settings import Settings
@@ -71,6 +72,7 @@ class WorkerRuntime:
         self.writer: BatchWriter | None = None
         self.lag = LoopLag()
         self.heartbeat: Heartbeat | None = None
+        self.client: ExchangeClient | None = None
 
     # ---- entry ------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -114,6 +116,7 @@ class WorkerRuntime:
                     code = EXIT_OK
                 else:
                     client: ExchangeClient = await stack.enter_async_context(self._client())  # type: ignore[arg-type]
+                    self.client = client
                     code = await self._collect(store, client)
             except BaseException:
                 await self._stop_tasks(beat_task, lag_task)
@@ -355,4 +358,8 @@ class WorkerRuntime:
             snap.buffer_depth = wr.depth
         if cd is not None:
             snap.gaps_repaired = cd.gaps_repaired
+        snap.figures = worker_figures(self.client, tr, wr)
+        if cd is not None:
+            for sym, beat in snap.symbols.items():
+                beat.counters = {"gaps_found": cd.gaps_found_by[sym], "gaps_repaired": cd.gaps_repaired_by[sym]}
         return snap
