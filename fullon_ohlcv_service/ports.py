@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from fullon_ohlcv_service.models import Candle, ExchangeSpec, Trade
+from fullon_ohlcv_service.models import Candle, ExchangeSpec, Reject, Trade
 
 # fullon_cache's enum strings.
 PROCESS_TYPES = (
@@ -78,7 +78,22 @@ class CandleStore(Protocol):
         ...
 
 
-class OhlcvStore(TradeStore, CandleStore, Protocol):
+@runtime_checkable
+class RejectStore(Protocol):
+    """Rows refused by validation or quarantined by the writer, per symbol (``<symbol>_rejects``)."""
+
+    async def save_rejects(self, symbol: str, rejects: Sequence[Reject]) -> int:
+        """Store the rejects; return how many were new. Idempotent on (kind, ref, reason): the first kept."""
+        ...
+
+    async def count_rejects(self, symbol: str) -> int: ...
+
+    async def load_rejects(self, symbol: str) -> list[Reject]:
+        """Every stored reject of ``symbol`` in (seen_ms, kind, ref, reason) order."""
+        ...
+
+
+class OhlcvStore(TradeStore, CandleStore, RejectStore, Protocol):
     """Both stores for one exchange, opened with ``async with`` and closed on exit."""
 
     exchange: str

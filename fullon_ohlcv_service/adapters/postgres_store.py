@@ -21,6 +21,7 @@ from fullon_ohlcv_service.adapters.stores import (
     compute_gaps,
     dedupe_candles,
     first_minute,
+    reject_rows,
     require_ids,
 )
 from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreUnavailable
@@ -29,12 +30,13 @@ from fullon_ohlcv_service.identifiers import (
     coverage_table,
     qualified,
     quote_ident,
+    rejects_table,
     schema_name,
     symbol_table_base,
     trades_table,
 )
 from fullon_ohlcv_service.log import Log
-from fullon_ohlcv_service.models import Candle, Side, Trade
+from fullon_ohlcv_service.models import Candle, Reject, RejectKind, Side, Trade
 from fullon_ohlcv_service.settings import redact_url
 from fullon_ohlcv_service.timeutil import datetime_to_ms, ms_to_datetime
 
@@ -64,13 +66,14 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 class _Names:
     """Quoted, schema-qualified names for one symbol's tables and indexes."""
 
-    __slots__ = ("base", "candles", "coverage", "trades")
+    __slots__ = ("base", "candles", "coverage", "rejects", "trades")
 
     def __init__(self, exchange: str, symbol: str) -> None:
         self.base = symbol_table_base(symbol)
         self.trades = qualified(exchange, trades_table(symbol))
         self.candles = qualified(exchange, candles_table(symbol))
         self.coverage = qualified(exchange, coverage_table(symbol))
+        self.rejects = qualified(exchange, rejects_table(symbol))
 
 
 async def _setup_connection(conn: asyncpg.Connection) -> None:
@@ -184,6 +187,8 @@ class PostgresOhlcvStore:
             " low float8 NOT NULL, close float8 NOT NULL, vol float8 NOT NULL, final bool NOT NULL DEFAULT true)",
             f"ALTER TABLE {n.candles} ADD COLUMN IF NOT EXISTS final bool NOT NULL DEFAULT true",
             f"CREATE TABLE IF NOT EXISTS {n.coverage} (start_ms bigint PRIMARY KEY, end_ms bigint NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {n.rejects} (kind text NOT NULL, ref text NOT NULL, reason text NOT NULL,"
+            " raw text NOT NULL, seen_ms bigint NOT NULL, PRIMARY KEY (kind, ref, reason))",
             f'CREATE INDEX IF NOT EXISTS {quote_ident(b + "_tts")} ON {n.trades} ("timestamp", trade_id)',
         ]
 
@@ -354,6 +359,37 @@ class PostgresOhlcvStore:
         async for r in self._stream(sql, args):
             yield _candle(r)
 
+    # ---- rejects ---------------------------------------------------------------------------
+    async def save_rejects(self, symbol: str, rejects: Sequence[Reject]) -> int:
+        if not rejects:
+            return 0
+        cols = list(zip(*reject_rows(rejects), strict=True))
+        sql = (
+            f"INSERT INTO {self._n(symbol).rejects} (kind, ref, reason, raw, seen_ms)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])"
+            " ON CONFLICT (kind, ref, reason) DO NOTHING"
+        )
+
+        async def run(conn: asyncpg.Connection) -> int:
+            return _rows(await conn.execute(sql, *(list(c) for c in cols)))
+
+        return await self._with_conn(run)
+
+    async def count_rejects(self, symbol: str) -> int:
+        sql = f"SELECT count(*) FROM {self._n(symbol).rejects}"
+        return int(await self._with_conn(lambda conn: conn.fetchval(sql)))
+
+    async def load_rejects(self, symbol: str) -> list[Reject]:
+        sql = (
+            f"SELECT kind, ref, reason, raw, seen_ms FROM {self._n(symbol).rejects}"
+            " ORDER BY seen_ms, kind, ref, reason"
+        )
+
+        async def run(conn: asyncpg.Connection) -> list[Reject]:
+            return [Reject(_kind(r[0]), r[1], r[2], r[3], int(r[4])) for r in await conn.fetch(sql)]
+
+        return await self._with_conn(run)
+
     # ---- coverage and gaps -----------------------------------------------------------------
     async def add_coverage(self, symbol: str, start: int, end: int) -> None:
         if end <= start:
@@ -406,6 +442,10 @@ def _candle(r: Sequence[Any]) -> Candle:
     return Candle(
         ts=datetime_to_ms(r[0]), open=r[1], high=r[2], low=r[3], close=r[4], volume=r[5], final=bool(r[6])
     )
+
+
+def _kind(value: str) -> RejectKind:
+    return "candle" if value == "candle" else "trade"
 
 
 def _side(value: str) -> Side:

@@ -14,7 +14,7 @@ import pytest
 
 from fullon_ohlcv_service.adapters.stores import SqlOhlcvStore, compute_gaps, open_ohlcv_store
 from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreUnavailable
-from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.settings import StoreURL, parse_store_url
 
 SYM = "BTC/USD"
@@ -186,6 +186,48 @@ def test_compute_gaps_rules(
 ) -> None:
     got = compute_gaps(0, 5 * M, [m * M for m in candles], coverage)
     assert got == [(a * M, b * M) for a, b in expected]
+
+
+# ---- rejects ------------------------------------------------------------------------------------
+
+def reject(ref: str, reason: str = "price not finite", kind: str = "trade", seen: int = T0) -> Reject:
+    return Reject(kind=kind, ref=ref, reason=reason, raw=f'{{"id": "{ref}", "price": "nan"}}',  # type: ignore[arg-type]
+                  seen_ms=seen)
+
+
+async def test_rejects_are_idempotent_on_kind_ref_reason(store: SqlOhlcvStore) -> None:
+    assert await store.count_rejects(SYM) == 0 and await store.load_rejects(SYM) == []
+    first = [reject("7"), reject("7", "amount negative"), reject(str(T0), "high below open/close", "candle"),
+             reject("7", seen=T0 + 1)]  # the same (kind, ref, reason) twice in one batch
+    assert await store.save_rejects(SYM, first) == 3
+    # seen again later (a re-fetch after a restart): nothing new, the first sighting is kept
+    assert await store.save_rejects(SYM, [reject("7", seen=T0 + 5000), reject("8", seen=T0 + 10)]) == 1
+    assert await store.count_rejects(SYM) == 4
+    assert await store.load_rejects(SYM) == [
+        reject(str(T0), "high below open/close", "candle"), reject("7", "amount negative"), reject("7"),
+        reject("8", seen=T0 + 10),
+    ]
+    assert await store.count_trades(SYM) == 0 and await store.count_candles(SYM) == 0  # never in the data tables
+
+
+async def test_rejects_hold_any_text_the_exchange_sent(store: SqlOhlcvStore) -> None:
+    # PostgreSQL refuses NUL in text and neither driver encodes a lone surrogate: both are escaped, alike
+    odd = Reject("trade", "a\x00b\ud800", "store refused: \x00", '{"id": "a\\u0000b"}', T0)
+    assert await store.save_rejects(SYM, [odd, reject("ünï€ode")]) == 2
+    got = await store.load_rejects(SYM)
+    assert got[0] == Reject("trade", "a\\x00b\\ud800", "store refused: \\x00", '{"id": "a\\u0000b"}', T0)
+    assert got[1] == reject("ünï€ode")
+    assert await store.save_rejects(SYM, [odd]) == 0  # the escaped form is the key: still idempotent
+
+
+async def test_rejects_table_is_per_symbol_and_made_by_init_symbol(store: SqlOhlcvStore) -> None:
+    await store.save_rejects(SYM, [reject("1")])
+    await store.init_symbol(SYM)  # idempotent: keeps what is there
+    assert await store.count_rejects(SYM) == 1
+    with pytest.raises(PermanentError, match="init_symbol"):
+        await store.count_rejects("ETH/USD")
+    await store.init_symbol("ETH/USD")
+    assert await store.count_rejects("ETH/USD") == 0
 
 
 # ---- schema and names ---------------------------------------------------------------------------
