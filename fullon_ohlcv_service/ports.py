@@ -184,8 +184,21 @@ class SyncProcessCache(Protocol):
     def close(self) -> None: ...
 
 
+class RejectSink(Protocol):
+    """Where rows refused by validation go (the worker's reject book): counted, logged, stored.
+
+    Called from inside parsing (synchronously, on the event loop); it never blocks.
+    """
+
+    def reject(self, symbol: str, rejects: Sequence[Reject]) -> None: ...
+
+
 class ExchangeClient(Protocol):
-    """What collectors need from an exchange; the ccxt adapter implements it. Returns our models."""
+    """What collectors need from an exchange; the ccxt adapter implements it. Returns our models.
+
+    Every trade and candle is validated where it enters (``validation.py``): a row that breaks a rule
+    is never returned; it goes to the RejectSink the client was built with, and paging moves past it.
+    """
 
     name: str
     ohlcv_depth: int | None  # how many recent 1m bars REST serves at most (Kraken ~720), None = deep
