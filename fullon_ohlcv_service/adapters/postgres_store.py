@@ -10,7 +10,8 @@ transaction, so a batch is stored whole or not at all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ from fullon_ohlcv_service.adapters.stores import (
     reject_rows,
     require_ids,
 )
-from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreUnavailable
+from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreDataError, StoreUnavailable
 from fullon_ohlcv_service.identifiers import (
     candles_table,
     coverage_table,
@@ -60,7 +61,23 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # the server is there but cannot finish this now: deadlock/serialization (40), disk full or out of
+    # memory (53), a lock not available (55P03), cancelled or shutting down (57), an I/O error (58)
+    asyncpg.TransactionRollbackError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.PostgresSystemError,
 )
+# Errors about the values of a batch: a data exception (22, e.g. NUL in text, a number out of range),
+# a constraint (23), a value too large for an index (54). The same rows fail again: the writer isolates them.
+_DATA: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+# What asyncpg (or our own conversion) raises, before the server sees it, for a value it cannot encode.
+_ENCODE = (UnicodeError, TypeError, OverflowError, ValueError)
 
 
 class _Names:
@@ -166,8 +183,10 @@ class PostgresOhlcvStore:
             raise StoreUnavailable(
                 f"PostgreSQL store {self._where}: {type(exc).__name__}: {_clean(exc, self._url)}"
             ) from exc
+        except _DATA as exc:
+            raise StoreDataError(f"PostgreSQL store {self._where}: {type(exc).__name__}: {_one_line(exc)}") from exc
         except asyncpg.PostgresError as exc:
-            # constraint or data errors: the same batch would fail again
+            # anything else the server refuses (a missing object, a privilege): not about the rows
             raise PermanentError(f"PostgreSQL store {self._where}: {type(exc).__name__}: {exc}") from exc
 
     # ---- schema ----------------------------------------------------------------------------
@@ -238,13 +257,15 @@ class PostgresOhlcvStore:
             return 0
         n = self._n(symbol)
         require_ids(symbol, trades)
-        records = [(ms_to_datetime(t.ts), t.price, t.amount, t.side, t.type, t.id) for t in trades]
+        with _encoding(symbol):
+            records = [(ms_to_datetime(t.ts), t.price, t.amount, t.side, t.type, t.id) for t in trades]
         cols = ", ".join(f'"{c}"' for c in _TRADE_COLS)
         sql = f"INSERT INTO {n.trades} ({cols}) SELECT {cols} FROM {_STAGE_TRADES} ON CONFLICT DO NOTHING"
 
         async def run(conn: asyncpg.Connection) -> int:
             async with conn.transaction():
-                await conn.copy_records_to_table(_STAGE_TRADES, records=records, columns=_TRADE_COLS)
+                with _encoding(symbol):
+                    await conn.copy_records_to_table(_STAGE_TRADES, records=records, columns=_TRADE_COLS)
                 return _rows(await conn.execute(sql))
 
         return await self._with_conn(run)
@@ -307,9 +328,11 @@ class PostgresOhlcvStore:
         if not candles:
             return 0
         n = self._n(symbol)
-        records = [
-            (ms_to_datetime(c.ts), c.open, c.high, c.low, c.close, c.volume, c.final) for c in dedupe_candles(candles)
-        ]
+        with _encoding(symbol):
+            records = [
+                (ms_to_datetime(c.ts), c.open, c.high, c.low, c.close, c.volume, c.final)
+                for c in dedupe_candles(candles)
+            ]
         cols = ", ".join(f'"{c}"' for c in _CANDLE_COLS)
         sql = (
             f"INSERT INTO {n.candles} AS tbl ({cols}) SELECT {cols} FROM {_STAGE_CANDLES}"
@@ -323,7 +346,8 @@ class PostgresOhlcvStore:
 
         async def run(conn: asyncpg.Connection) -> int:
             async with conn.transaction():
-                await conn.copy_records_to_table(_STAGE_CANDLES, records=records, columns=_CANDLE_COLS)
+                with _encoding(symbol):
+                    await conn.copy_records_to_table(_STAGE_CANDLES, records=records, columns=_CANDLE_COLS)
                 return _rows(await conn.execute(sql))
 
         return await self._with_conn(run)
@@ -371,7 +395,8 @@ class PostgresOhlcvStore:
         )
 
         async def run(conn: asyncpg.Connection) -> int:
-            return _rows(await conn.execute(sql, *(list(c) for c in cols)))
+            with _encoding(symbol):
+                return _rows(await conn.execute(sql, *(list(c) for c in cols)))
 
         return await self._with_conn(run)
 
@@ -450,6 +475,21 @@ def _kind(value: str) -> RejectKind:
 
 def _side(value: str) -> Side:
     return "sell" if value == "sell" else "buy"
+
+
+@contextlib.contextmanager
+def _encoding(symbol: str) -> Iterator[None]:
+    """Values that cannot be converted or encoded (a time past year 9999, a lone surrogate, a str for a
+    float) are a StoreDataError of the batch, like the server's own data errors."""
+    try:
+        yield
+    except _ENCODE as exc:
+        raise StoreDataError(f"{symbol}: a value cannot be stored: {type(exc).__name__}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _rows(status: str) -> int:

@@ -25,7 +25,7 @@ from fullon_ohlcv_service.adapters.stores import (
     reject_rows,
     require_ids,
 )
-from fullon_ohlcv_service.errors import PermanentError, StoreUnavailable
+from fullon_ohlcv_service.errors import PermanentError, StoreDataError, StoreUnavailable
 from fullon_ohlcv_service.identifiers import (
     candles_table,
     coverage_table,
@@ -42,6 +42,15 @@ from fullon_ohlcv_service.models import Candle, Reject, RejectKind, Side, Trade
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
+# Errors about the values of a batch (the same rows fail again; the writer isolates them): a constraint
+# (NaN is bound as NULL and breaks NOT NULL), an integer past 64 bits, text that is not encodable.
+_DATA: tuple[type[BaseException], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    OverflowError,
+    UnicodeError,
+)
 
 
 class _Names:
@@ -132,6 +141,12 @@ class SqliteOhlcvStore:
                         f"{self.exchange}: a symbol's tables do not exist ({exc}); call init_symbol first"
                     ) from exc
                 raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+            except _DATA as exc:
+                raise StoreDataError(f"SQLite store {self.path}: {type(exc).__name__}: {exc}") from exc
+            except sqlite3.ProgrammingError as exc:
+                if "binding parameter" in str(exc):  # a value of a type SQLite cannot store
+                    raise StoreDataError(f"SQLite store {self.path}: {exc}") from exc
+                raise PermanentError(f"SQLite store {self.path}: {exc}") from exc
             except sqlite3.Error as exc:
                 raise PermanentError(f"SQLite store {self.path}: {exc}") from exc
 

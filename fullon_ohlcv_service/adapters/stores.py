@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from fullon_ohlcv_service.errors import ConfigError, PermanentError
+from fullon_ohlcv_service.errors import ConfigError, StoreDataError
 from fullon_ohlcv_service.identifiers import validate_exchange
 from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.ports import OhlcvStore
@@ -61,7 +61,7 @@ def require_ids(symbol: str, trades: Sequence[Trade]) -> None:
     """Refuse a batch holding a trade without an id: dedup on the id would silently drop it."""
     for t in trades:
         if not t.id:
-            raise PermanentError(f"{symbol}: trade at {t.ts} has no trade id; the batch was not stored")
+            raise StoreDataError(f"{symbol}: trade at {t.ts} has no trade id; the batch was not stored")
 
 
 def storable_text(text: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fullon_ohlcv_service.adapters.stores import SqlOhlcvStore, compute_gaps, open_ohlcv_store
-from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreUnavailable
+from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreDataError, StoreUnavailable
 from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.settings import StoreURL, parse_store_url
 
@@ -292,14 +292,33 @@ async def test_unopenable_sqlite_is_store_unavailable(home: Path) -> None:
 async def test_a_failed_batch_is_not_half_applied(store: SqlOhlcvStore) -> None:
     good = [trade(i) for i in range(5)]
     bad = Trade(ts=T0, id="bad", price=1.0, amount=1.0, side="buy", type=None)  # type: ignore[arg-type]
-    with pytest.raises(PermanentError):  # a NOT NULL violation: retrying cannot help
+    with pytest.raises(StoreDataError):  # a NOT NULL violation: retrying cannot help
         await store.save_trades(SYM, [*good, bad])
     assert await store.count_trades(SYM) == 0
     assert await store.save_trades(SYM, good) == 5
 
 
+@pytest.mark.parametrize("bad", [
+    Trade(ts=2**63, id="huge", price=1.0, amount=1.0, side="buy"),  # past 64 bits / past year 9999
+    Trade(ts=T0, id="lone\ud800", price=1.0, amount=1.0, side="buy"),  # text no driver can encode
+    Candle(ts=2**63, open=1.0, high=1.0, low=1.0, close=1.0, volume=1.0),
+])
+async def test_values_a_store_refuses_are_a_store_data_error_and_it_stays_usable(
+        store: SqlOhlcvStore, bad: Trade | Candle) -> None:
+    # permanent for these rows, not for the store: the writer isolates them and goes on
+    with pytest.raises(StoreDataError):
+        if isinstance(bad, Trade):
+            await store.save_trades(SYM, [trade(1), bad])
+        else:
+            await store.save_candles(SYM, [candle(0), bad])
+    assert await store.count_trades(SYM) == 0 and await store.count_candles(SYM) == 0
+    for _ in range(3):  # every pooled connection is still usable
+        assert await store.save_trades(SYM, [trade(len(await all_trades(store)))]) == 1
+    assert await store.save_candles(SYM, [candle(0)]) == 1
+
+
 async def test_a_trade_without_id_fails_the_batch(store: SqlOhlcvStore) -> None:
-    with pytest.raises(PermanentError, match="no trade id"):
+    with pytest.raises(StoreDataError, match="no trade id"):
         await store.save_trades(SYM, [trade(1), Trade(ts=T0, id="", price=1.0, amount=1.0, side="buy")])
     assert await store.count_trades(SYM) == 0
 
