@@ -198,15 +198,28 @@ def raw_json(values: Mapping[str, Any]) -> str:
     return text
 
 
+def storable_text(text: str) -> str:
+    """``text`` as both stores can hold it: NUL and unpaired surrogates escaped (PostgreSQL refuses
+    NUL in text; neither driver encodes a lone surrogate). Clean text is returned unchanged."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _digest(values: list[Any]) -> str:
     text = json.dumps(_plain(values), ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def trade_ref(tid: object, ts: object, price: object, amount: object, side: object) -> str:
-    """The trade's id when it has one; otherwise a digest of its values (the same on every re-fetch)."""
+    """The trade's id when it has one (as storable text); otherwise a digest of its values (the same on
+    every re-fetch)."""
     if isinstance(tid, str | int) and not isinstance(tid, bool) and str(tid) != "":
-        return str(tid)[:MAX_ID_LEN]
+        return storable_text(str(tid)[:MAX_ID_LEN])
     return "noid:" + _digest([ts, price, amount, side])
 
 
