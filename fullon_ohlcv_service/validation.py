@@ -101,8 +101,8 @@ def id_problem(value: object) -> str | None:
         return "id not text"
     if len(value) > MAX_ID_LEN:
         return "id too long"
-    if any(ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF for ch in value):
-        return "id has control characters"
+    if not value.isprintable():  # control characters (NUL...), unpaired surrogates, line separators
+        return "id has unprintable characters"
     return None
 
 
@@ -143,10 +143,15 @@ def build_trade(
 ) -> Trade | str:
     """The Trade of these parsed values, or the reason it is refused. ``kind`` (market/limit) is kept
     only when it is short clean text; anything else becomes ""."""
+    text = kind if isinstance(kind, str) and len(kind) <= 32 and kind.isprintable() else ""
+    # the common case, first and cheap (a NaN or an infinity fails these comparisons too)
+    if (type(ts) is int and MIN_TS_MS <= ts <= now + MAX_AHEAD_MS and type(tid) is str and 0 < len(tid) <= MAX_ID_LEN
+            and tid.isprintable() and type(price) is float and 0.0 < price <= MAX_NUMBER and type(amount) is float
+            and 0.0 <= amount <= MAX_NUMBER and (side == "buy" or side == "sell")):
+        return Trade(ts, tid, price, amount, side, text)
     problem = trade_problem(ts, tid, price, amount, side, now)
     if problem is not None:
         return problem
-    text = kind if isinstance(kind, str) and len(kind) <= 32 and kind.isprintable() else ""
     return Trade(_timestamp(ts), str(tid), float(price), float(amount), side, text)  # type: ignore[arg-type]
 
 

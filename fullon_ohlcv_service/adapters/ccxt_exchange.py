@@ -265,16 +265,15 @@ def _trade_values(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def trade_or_reject(raw: Mapping[str, Any], now: int) -> Trade | Reject:
     """A ccxt trade dict -> Trade, or the Reject that says which rule (validation.py) it breaks."""
-    values = _trade_values(raw)
     error = raw.get(_PARSE_ERROR)
     problem = f"unparseable: {error}" if error else _wire_side_problem(raw.get("info"))
     if problem is None:
-        got = build_trade(values["ts"], values["id"], values["price"], values["amount"], values["side"],
-                          values["type"], now)
+        got = build_trade(raw.get("timestamp"), raw.get("id"), raw.get("price"), raw.get("amount"), raw.get("side"),
+                          raw.get("type"), now)
         if isinstance(got, Trade):
             return got
         problem = got
-    return trade_reject(values, problem, now)
+    return trade_reject(_trade_values(raw), problem, now)
 
 
 def candle_or_reject(row: Sequence[Any], final: bool, now: int, wire: Any = None) -> Candle | Reject:

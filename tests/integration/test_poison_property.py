@@ -74,8 +74,7 @@ def _time_ok(v: Any) -> bool:
 def valid_trade(d: dict[str, Any]) -> bool:
     tid = d["id"]
     id_ok = (isinstance(tid, int) and not isinstance(tid, bool)) or (
-        isinstance(tid, str) and 0 < len(tid) <= 256 and all(32 <= ord(c) != 127 and not 0xD800 <= ord(c) <= 0xDFFF
-                                                             for c in tid))
+        isinstance(tid, str) and 0 < len(tid) <= 256 and tid.isprintable())
     return (_time_ok(d["timestamp"]) and id_ok and _price_ok(d["price"]) and _amount_ok(d["amount"])
             and d["side"] in ("buy", "sell"))
 
