@@ -9,8 +9,8 @@ Rules (each reason below is the text stored in ``<symbol>_rejects.reason``):
 
 - timestamp: an integer epoch ms in [2009-01-01T00:00:00Z, now + 1 day];
   a candle's is a minute open;
-- trade: a non-empty id of at most 256 characters with no control character, a finite price
-  > 0, a finite amount >= 0, side ``buy`` or ``sell``;
+- trade: a non-empty id of printable text (no NUL, control character or unpaired surrogate) of at
+  most 256 characters, a finite price > 0, a finite amount >= 0, side ``buy`` or ``sell``;
 - candle: finite prices > 0, a finite volume >= 0, high >= max(open, close) >= min(open, close) >= low;
 - every number is at most 1e20 (larger is a parse error in practice, and sums of such values
   could overflow to infinity).
