@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from fullon_ohlcv_service.errors import ConfigError, PermanentError
+from fullon_ohlcv_service.errors import ConfigError, StoreDataError
 from fullon_ohlcv_service.identifiers import validate_exchange
-from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.ports import OhlcvStore
 from fullon_ohlcv_service.settings import StoreURL
 from fullon_ohlcv_service.timeutil import MINUTE_MS
+from fullon_ohlcv_service.validation import storable_text
 
 # How many rows a streamed read fetches per round trip.
 FETCH_ROWS = 5_000
@@ -61,7 +62,13 @@ def require_ids(symbol: str, trades: Sequence[Trade]) -> None:
     """Refuse a batch holding a trade without an id: dedup on the id would silently drop it."""
     for t in trades:
         if not t.id:
-            raise PermanentError(f"{symbol}: trade at {t.ts} has no trade id; the batch was not stored")
+            raise StoreDataError(f"{symbol}: trade at {t.ts} has no trade id; the batch was not stored")
+
+
+def reject_rows(rejects: Sequence[Reject]) -> list[tuple[str, str, str, str, int]]:
+    """(kind, ref, reason, raw, seen_ms) rows of ``rejects``, their text made storable."""
+    return [(r.kind, storable_text(r.ref), storable_text(r.reason), storable_text(r.raw), int(r.seen_ms))
+            for r in rejects]
 
 
 def first_minute(since: int) -> int:

@@ -28,6 +28,7 @@ class SymbolBeat:
     backfill_pct: float = 0.0
     error: str | None = None
     counters: dict[str, int] = field(default_factory=dict)  # more cumulative counters (gaps, for /metrics)
+    rejected: int = 0  # rows refused by validation or quarantined by the writer (this worker's life)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +39,7 @@ class SymbolBeat:
             "candles_stored": self.candles_stored,
             "backfill_pct": self.backfill_pct,
             "error": self.error,
+            "rejected": self.rejected,
         }
 
 
