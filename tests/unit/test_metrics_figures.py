@@ -101,12 +101,14 @@ def test_heartbeat_params_carry_the_figures_that_the_tally_reads() -> None:
     fig = WorkerFigures(rest_requests={"ok": 4, "rate_limited": 1}, rate_limit_waits=1, rate_limit_wait_s=1.5)
     fig.commit_seconds.observe(0.002)
     snap = Snapshot(exchange="kraken", pid=9, started_ms=1, live=True, behind=False, failing=None, reconnects=2,
-                    symbols={"BTC/USD": SymbolBeat(trades_stored=5, counters={"gaps_found": 2, "gaps_repaired": 1})},
+                    symbols={"BTC/USD": SymbolBeat(trades_stored=5, rejected=3,
+                                                    counters={"gaps_found": 2, "gaps_repaired": 1})},
                     figures=fig)
     params = build_params(snap)
     assert params["symbols"]["BTC/USD"]["gaps_found"] == 2 and params["symbols"]["BTC/USD"]["trades_stored"] == 5
     t = Tally.from_params(params)
     assert t.rest == {"ok": 4, "rate_limited": 1}
     assert t.worker == {"reconnects": 2, "errors": 0, "rate_limit_waits": 1, "rate_limit_wait_s": 1.5}
-    assert t.symbols["BTC/USD"] == {"trades_stored": 5, "candles_stored": 0, "gaps_found": 2, "gaps_repaired": 1}
+    assert t.symbols["BTC/USD"] == {"trades_stored": 5, "candles_stored": 0, "gaps_found": 2, "gaps_repaired": 1,
+                                    "rejected": 3}
     assert t.histograms["commit_seconds"].count == 1
