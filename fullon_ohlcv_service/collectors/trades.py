@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fullon_ohlcv_service.collectors.backfill import Cursor, Retry, page_trades
+from fullon_ohlcv_service.collectors.backfill import Cursor, RestHealth, Retry, page_trades
 from fullon_ohlcv_service.collectors.candles import CandleBuilder, candles_from_trades
 from fullon_ohlcv_service.collectors.writer import BatchWriter
 from fullon_ohlcv_service.errors import PermanentError, TransientError
@@ -84,6 +84,10 @@ class SymbolRun:
     syncs: int = 0
     fetched: int = 0
     built_from: int = 0  # the first minute this run's builder has seen every trade of
+    rest: RestHealth = field(default_factory=RestHealth)  # this symbol's REST failures (heartbeat)
+
+    def __post_init__(self) -> None:
+        self.rest.symbol = self.spec.symbol
 
     @property
     def symbol(self) -> str:
@@ -150,7 +154,7 @@ class TradeCollector:
         self.backpressure_s = backpressure_s
         self.subscribe_margin_ms = subscribe_margin_ms
         self.runs: dict[str, SymbolRun] = {}
-        self.retry = Retry()
+        self.retry = Retry(log=log)
         self.reconnects = 0
         self.live_trades = 0
         self.connected = False
@@ -365,7 +369,8 @@ class TradeCollector:
         while True:
             run.need_sync.clear()
             res = await page_trades(
-                self.client, run.symbol, run.cursor, target, on_page, retry=self.retry, limit=self.page_limit
+                self.client, run.symbol, run.cursor, target, on_page, retry=self.retry, limit=self.page_limit,
+                health=run.rest,
             )
             if res.watermark is not None:
                 await self.advance(run, res.watermark)

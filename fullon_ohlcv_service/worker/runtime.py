@@ -327,7 +327,13 @@ class WorkerRuntime:
                     candles_stored=st.candles_stored if st else 0,
                     backfill_pct=run.backfill_pct,
                     error=run.error,
+                    synced=run.synced,
+                    ever_synced=run.ever_synced,
+                    rest_errors=run.rest.errors,
+                    last_rest_error=run.rest.last_error,
+                    rest_holding_back=run.rest.holding_back,
                 )
+                snap.errors += run.rest.errors
         for sym, err in self.unknown.items():
             snap.symbols[sym] = SymbolBeat(error=err)
         if wr is not None:
