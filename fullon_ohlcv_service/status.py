@@ -50,6 +50,8 @@ class ExchangeRow:
     last_error: str | None
     last_exit: str | None
     symbol_rows: list[SymbolRow] = field(default_factory=list)
+    buffer_bytes: int | None = None  # estimated bytes in the worker's buffers
+    buffer_bytes_max: int | None = None  # their bound (--buffer-mb)
 
 
 @dataclass(slots=True)
@@ -157,6 +159,8 @@ def build_report(supervisor: dict[str, Any] | None, workers: dict[str, dict[str,
             data_age_s=max(ages) if ages else None, backfill_pct=min(pcts) if pcts else None,
             buffer_depth=_int(wparams.get("buffer_depth")) if current else None,
             last_error=last_error, last_exit=sup_entry.get("last_exit"), symbol_rows=sym_rows,
+            buffer_bytes=_int(wparams.get("buffer_bytes")) if current else None,
+            buffer_bytes_max=_int(wparams.get("buffer_bytes_max")) if current else None,
         ))
         if name not in expected:
             continue

@@ -192,3 +192,8 @@ class CandleBuilder:
 
     def holds(self, minute: int) -> bool:
         return minute in self._aggs
+
+    @property
+    def held(self) -> int:
+        """Minutes held (open ones and the final ones kept for late trades)."""
+        return len(self._aggs)

@@ -76,6 +76,8 @@ class Snapshot:
     reconnects: int = 0
     gaps_repaired: int = 0
     errors: int = 0
+    buffer_bytes: int = 0  # estimated bytes held by the worker's buffers
+    buffer_bytes_max: int = 0  # the bound they are kept under
 
 
 def worker_state(s: Snapshot) -> str:
@@ -109,6 +111,8 @@ def build_params(s: Snapshot) -> dict[str, Any]:
         "reconnects": s.reconnects,
         "gaps_repaired": s.gaps_repaired,
         "errors": s.errors,
+        "buffer_bytes": s.buffer_bytes,
+        "buffer_bytes_max": s.buffer_bytes_max,
     }
 
 

@@ -22,6 +22,7 @@ from fullon_ohlcv_service.errors import (
     TransientError,
 )
 from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.memory import MIB, pending_trades_max
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore, ProcessCache
 from fullon_ohlcv_service.settings import Settings
@@ -146,12 +147,13 @@ class WorkerRuntime:
             return self._open_client(self.spec, self.settings.simulator)
         from fullon_ohlcv_service.adapters.ccxt_exchange import CcxtExchange
 
-        return CcxtExchange(self.spec, simulator=self.settings.simulator)
+        return CcxtExchange(self.spec, simulator=self.settings.simulator,
+                            pending_max=pending_trades_max(self.settings.buffer_mb * MIB))
 
     def _boot_params(self) -> dict[str, object]:
         return {"pid": os.getpid(), "exchange": self.spec.name, "started_ms": self.started_ms, "state": "starting",
                 "symbols": {}, "buffer_depth": 0, "loop_lag_ms": 0.0, "reconnects": 0, "gaps_repaired": 0,
-                "errors": 0}
+                "errors": 0, "buffer_bytes": 0, "buffer_bytes_max": self.settings.buffer_mb * MIB}
 
     async def _load_markets(self, client: ExchangeClient) -> set[str] | None:
         delay = 0.5
@@ -187,7 +189,8 @@ class WorkerRuntime:
             store, flush_rows=s.flush_rows, flush_interval=s.flush_interval, buffer_rows=s.buffer_rows,
             backoff_max=min(5.0, s.backoff_max), log=self.log,
         )
-        trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence)
+        trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence,
+                                              buffer_bytes_max=s.buffer_mb * MIB)
         candles = self.candles = CandleCollector(trades, reconcile_every=t.reconcile_every, gap_every=t.gap_every)
         writer_task = asyncio.create_task(writer.run(), name="writer")
         await self._until_stopped(self._retrying_prepare(trades))
@@ -338,6 +341,9 @@ class WorkerRuntime:
             snap.symbols[sym] = SymbolBeat(error=err)
         if wr is not None:
             snap.buffer_depth = wr.depth
+        snap.buffer_bytes_max = self.settings.buffer_mb * MIB
+        if tr is not None:
+            snap.buffer_bytes = tr.buffer_bytes()
         if cd is not None:
             snap.gaps_repaired = cd.gaps_repaired
         return snap

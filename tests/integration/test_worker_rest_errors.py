@@ -62,6 +62,7 @@ def test_rest_5xx_after_a_websocket_drop_is_degraded_and_recovers(tmp_path: Path
         wait_for(degraded, 40, "every symbol degraded by REST 5xx", w)
         p = seen["params"]
         assert p["errors"] >= sum(p["symbols"][s]["rest_errors"] for s in symbols)
+        assert 0 < p["buffer_bytes"] <= p["buffer_bytes_max"] == 128 << 20  # the memory bound is reported
         for s in symbols:
             last = p["symbols"][s]["last_rest_error"]
             assert "503" in last and "\n" not in last, last

@@ -21,7 +21,7 @@ def snap(**kw: object) -> Snapshot:
 
 def test_params_carry_the_contract_fields() -> None:
     s = snap(symbols={"BTC/USD": SymbolBeat(5, 4, 3, 2, 100.0, None)}, buffer_depth=7, loop_lag_ms=1.23456,
-             reconnects=2, gaps_repaired=1, errors=3)
+             reconnects=2, gaps_repaired=1, errors=3, buffer_bytes=4096, buffer_bytes_max=128 << 20)
     p = build_params(s)
     assert p == {
         "pid": 42, "exchange": "kraken", "started_ms": 1, "state": "running",
@@ -29,6 +29,7 @@ def test_params_carry_the_contract_fields() -> None:
                                 "candles_stored": 2, "backfill_pct": 100.0, "error": None, "state": "backfill",
                                 "rest_errors": 0}},
         "buffer_depth": 7, "loop_lag_ms": 1.235, "reconnects": 2, "gaps_repaired": 1, "errors": 3,
+        "buffer_bytes": 4096, "buffer_bytes_max": 128 << 20,
     }
 
 
