@@ -283,7 +283,6 @@ class TradeCollector:
         for symbol, t in batch:
             per.setdefault(symbol, []).append(t)
         waited = 0.0
-        buffered = False
         mono = time.monotonic()
         for symbol, trades in per.items():
             run = self.runs.get(symbol)
@@ -307,9 +306,7 @@ class TradeCollector:
                 if len(run.live_buf) > self.live_buffer_max:
                     # REST will fetch what we forget; the merge point just moves later
                     del run.live_buf[: len(run.live_buf) - self.live_buffer_max // 2]
-                buffered = True
-        if buffered:
-            self.enforce_budget()
+        self.enforce_budget()
         return waited
 
     # ---- memory bound -------------------------------------------------------------------------
@@ -421,6 +418,7 @@ class TradeCollector:
                 run.recent.add(t)
             run.fetched += len(trades)
             await self.writer.put_trades(run.symbol, trades)
+            self.enforce_budget()  # the write queue grew: keep the whole under the bound
             for t in trades:
                 if not run.builder.add(t):
                     run.stale.add(floor_minute(t.ts))
