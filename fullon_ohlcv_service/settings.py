@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from fullon_ohlcv_service.errors import ConfigError
+from fullon_ohlcv_service.memory import DEFAULT_BUFFER_MB, MIB, MIN_BUFFER_MB, ROW_BYTES, writer_rows_fit
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -120,6 +121,7 @@ class Settings:
     flush_rows: int = 1000
     flush_interval: float = 0.25
     buffer_rows: int = 50_000
+    buffer_mb: int = DEFAULT_BUFFER_MB  # the worker's buffers, all symbols together (memory.py)
     # supervisor
     heartbeat_timeout: float = 30.0
     boot_grace: float = 60.0
@@ -160,6 +162,11 @@ class Settings:
             raise ConfigError(f"--boot-grace: must be >= 0, got {self.boot_grace}")
         if self.buffer_rows < self.flush_rows:
             raise ConfigError("--buffer-rows: must be >= --flush-rows")
+        if not isinstance(self.buffer_mb, int) or self.buffer_mb < MIN_BUFFER_MB:
+            raise ConfigError(f"--buffer-mb: must be an integer >= {MIN_BUFFER_MB}, got {self.buffer_mb}")
+        if not writer_rows_fit(self.buffer_rows, self.buffer_mb * MIB):
+            raise ConfigError(f"--buffer-rows: {self.buffer_rows} rows do not fit in a quarter of --buffer-mb "
+                              f"{self.buffer_mb} (about {ROW_BYTES} bytes a row)")
         if self.simulator is not None:
             parts = urlsplit(self.simulator)
             if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -30,13 +30,16 @@ class SymbolRow:
     backfill_pct: float | None
     error: str | None
     rejected: int | None = None  # rows refused or quarantined by the worker (see the <symbol>_rejects table)
+    state: str | None = None  # backfill|catching_up|live|degraded|error (the worker's view)
+    rest_errors: int | None = None  # failed REST calls in the worker's life
+    last_rest_error: str | None = None
 
 
 @dataclass(slots=True)
 class ExchangeRow:
     exchange: str
     state: str  # the supervisor's view: starting|running|backoff|hung|fatal|stopped (or "unsupervised")
-    worker_state: str | None  # the worker's own: starting|running|behind|error
+    worker_state: str | None  # the worker's own: starting|running|behind|degraded|error
     pid: int | None
     uptime_s: float | None
     restarts: int | None
@@ -48,6 +51,8 @@ class ExchangeRow:
     last_error: str | None
     last_exit: str | None
     symbol_rows: list[SymbolRow] = field(default_factory=list)
+    buffer_bytes: int | None = None  # estimated bytes in the worker's buffers
+    buffer_bytes_max: int | None = None  # their bound (--buffer-mb)
 
 
 @dataclass(slots=True)
@@ -96,6 +101,9 @@ def _symbol_rows(params: dict[str, Any], now: int) -> list[SymbolRow]:
             backfill_pct=float(pct) if isinstance(pct, int | float) else None,
             error=info.get("error") or None,
             rejected=_int(info.get("rejected")),
+            state=str(info["state"]) if info.get("state") else None,
+            rest_errors=_int(info.get("rest_errors")),
+            last_rest_error=str(info["last_rest_error"]) if info.get("last_rest_error") else None,
         ))
     return rows
 
@@ -143,6 +151,9 @@ def build_report(supervisor: dict[str, Any] | None, workers: dict[str, dict[str,
         if not last_error and current and doc:
             last_error = (sym_errors[0] if sym_errors else None) or (
                 doc.get("message") if worker_state == "error" else None)
+        if not last_error and worker_state == "degraded":
+            last_error = next((f"{r.symbol}: REST failing: {r.last_rest_error}" for r in sym_rows
+                               if r.state == "degraded"), None)
         n_symbols = len(sym_rows) if sym_rows else len(wparams.get("symbols") or {}) if current else 0
         rows.append(ExchangeRow(
             exchange=name, state=state, worker_state=worker_state, pid=pid,
@@ -151,6 +162,8 @@ def build_report(supervisor: dict[str, Any] | None, workers: dict[str, dict[str,
             data_age_s=max(ages) if ages else None, backfill_pct=min(pcts) if pcts else None,
             buffer_depth=_int(wparams.get("buffer_depth")) if current else None,
             last_error=last_error, last_exit=sup_entry.get("last_exit"), symbol_rows=sym_rows,
+            buffer_bytes=_int(wparams.get("buffer_bytes")) if current else None,
+            buffer_bytes_max=_int(wparams.get("buffer_bytes_max")) if current else None,
         ))
         if name not in expected:
             continue
@@ -231,16 +244,16 @@ def _symbol_cells(r: SymbolRow, now: int) -> list[str]:
     def age(ts: int | None) -> str:
         return _fmt_age(None if ts is None else max(0.0, (now - ts) / 1000))
 
-    return [r.symbol, _fmt_age(r.data_age_s), age(r.last_trade_ms), age(r.last_final_candle_ms),
+    return [r.symbol, _opt(r.state), _fmt_age(r.data_age_s), age(r.last_trade_ms), age(r.last_final_candle_ms),
             _opt(r.trades_stored), _opt(r.candles_stored), _fmt_pct(r.backfill_pct), _opt(r.rejected),
-            r.error or "-"]
+            _opt(r.rest_errors), r.error or "-", r.last_rest_error or "-"]
 
 
 RELOAD_FAILED = "configuration reload failed (the previous configuration keeps running)"
 EXCHANGE_HEADER = ["EXCHANGE", "STATE", "PID", "UPTIME", "RESTARTS", "HEARTBEAT", "SYMBOLS", "DATA_AGE",
                    "BACKFILL", "BUFFER", "LAST_ERROR"]
-SYMBOL_HEADER = ["SYMBOL", "DATA_AGE", "LAST_TRADE", "LAST_CANDLE", "TRADES", "CANDLES", "BACKFILL", "REJECTED",
-                 "ERROR"]
+SYMBOL_HEADER = ["SYMBOL", "STATE", "DATA_AGE", "LAST_TRADE", "LAST_CANDLE", "TRADES", "CANDLES", "BACKFILL",
+                 "REJECTED", "REST_ERRORS", "ERROR", "LAST_REST_ERROR"]
 
 
 def render(report: Report, verbose: bool) -> str:

@@ -535,7 +535,8 @@ class _OhlcvState:
 class CcxtExchange:
     """ports.ExchangeClient over ccxt: ``async with CcxtExchange(spec, simulator=url) as ex: ...``."""
 
-    def __init__(self, spec: ExchangeSpec, simulator: str | None = None, rejects: RejectSink | None = None) -> None:
+    def __init__(self, spec: ExchangeSpec, simulator: str | None = None, rejects: RejectSink | None = None,
+                 pending_max: int = MAX_PENDING_TRADES) -> None:
         check_exchange_supported(spec.name)
         self.spec = spec
         self.name = spec.name
@@ -553,6 +554,7 @@ class CcxtExchange:
         self._markets: set[str] | None = None
         self._markets_lock = asyncio.Lock()
         self._pending: collections.deque[tuple[str, Trade]] = collections.deque()
+        self.pending_max = pending_max  # live trades held between two watch_trades calls (memory bound)
         self._overflowed = 0
         self._watched: frozenset[str] = frozenset()
         self._frame_seen: dict[str, int] = {}
@@ -855,7 +857,7 @@ class CcxtExchange:
         pending = self._pending
 
         def sink(raw: dict[str, Any]) -> None:
-            if len(pending) >= MAX_PENDING_TRADES:
+            if len(pending) >= self.pending_max:
                 self._overflowed += 1
                 return
             got = trade_or_reject(raw, now_ms())
@@ -865,6 +867,11 @@ class CcxtExchange:
             pending.append((symbol, got))
 
         return sink
+
+    @property
+    def pending_trades(self) -> int:
+        """Live trades received and not yet returned by ``watch_trades`` (counted in the worker's memory)."""
+        return len(self._pending)
 
     def _tap(self, symbols: Sequence[str]) -> None:
         _, pro = self._clients()

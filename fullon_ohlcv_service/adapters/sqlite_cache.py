@@ -28,7 +28,7 @@ from fullon_ohlcv_service.adapters.redis_cache import (
     sort_docs,
     split_process_id,
 )
-from fullon_ohlcv_service.adapters.sqlite_wal import enable_wal
+from fullon_ohlcv_service.adapters.sqlite_wal import enable_wal, end_failed_transaction
 from fullon_ohlcv_service.errors import PermanentError, StoreUnavailable
 from fullon_ohlcv_service.settings import StoreURL
 
@@ -105,20 +105,24 @@ class SyncSqliteProcessCache:
 
     @contextmanager
     def _session(self, write: bool) -> Iterator[sqlite3.Connection]:
-        """The connection under the thread lock; a write runs in one BEGIN IMMEDIATE transaction."""
+        """The connection under the thread lock; a write runs in one BEGIN IMMEDIATE transaction.
+
+        Any failure, the COMMIT's included (disk full, I/O error, a lock past the busy timeout),
+        rolls the transaction back, so the next call starts clean; the original error is raised.
+        """
         with self._lock:
             conn = self._connection()
             try:
+                end_failed_transaction(conn)  # a transaction left open by an earlier failure
                 if write:
                     conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
-                except BaseException:
-                    if write and conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    if write:
+                        conn.execute("COMMIT")
+                except BaseException as exc:
+                    end_failed_transaction(conn, exc)
                     raise
-                if write:
-                    conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"SQLite cache {self.path}: {exc}") from None
             except sqlite3.Error as exc:

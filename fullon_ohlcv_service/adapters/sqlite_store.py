@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fullon_ohlcv_service.adapters.sqlite_wal import enable_wal
+from fullon_ohlcv_service.adapters.sqlite_wal import enable_wal, end_failed_transaction
 from fullon_ohlcv_service.adapters.stores import (
     FETCH_ROWS,
     compute_gaps,
@@ -160,14 +160,20 @@ class SqliteOhlcvStore:
 
     @staticmethod
     def _write(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
-        """One write transaction: BEGIN IMMEDIATE (waits on busy_timeout), body, COMMIT or ROLLBACK."""
+        """One write transaction: BEGIN IMMEDIATE (waits on busy_timeout), body, COMMIT; ROLLBACK on any failure.
+
+        A failed COMMIT (disk full, I/O error, a lock that outlived the busy timeout) is rolled back
+        too, so the connection never stays inside a transaction that every later BEGIN would trip
+        on; the original error is what propagates (see ``end_failed_transaction``).
+        """
+        end_failed_transaction(conn)  # a transaction left open by an earlier failure
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = body()
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            end_failed_transaction(conn, exc)
             raise
-        conn.execute("COMMIT")
         return result
 
     # ---- schema ----------------------------------------------------------------------------

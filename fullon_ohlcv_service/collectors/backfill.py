@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from fullon_ohlcv_service.errors import RateLimited, TransientError
+from fullon_ohlcv_service.errors import OhlcvError, PermanentError, RateLimited, TransientError
+from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.ports import ExchangeClient
 from fullon_ohlcv_service.timeutil import MINUTE_MS, now_ms
@@ -44,34 +45,100 @@ class PageResult:
     watermark: int | None = None  # every trade before this time has been taken
 
 
-class Retry:
-    """Capped exponential backoff for transient exchange errors, counted for the heartbeat."""
+def one_line(text: str, limit: int = 240) -> str:
+    """``text`` on one line of at most ``limit`` characters (for the heartbeat and logs)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
-    def __init__(self, initial: float = 0.25, maximum: float = 10.0, rate_limit_floor: float = 1.0) -> None:
+
+@dataclass(slots=True)
+class RestHealth:
+    """One symbol's REST record for the heartbeat: failed calls so far, the last failure, and whether a
+    call the symbol's completeness waits on (trade catch-up, gap repair) is retrying a failure now.
+
+    Error texts come from the exchange adapter, which masks credentials in URLs.
+    """
+
+    symbol: str = ""
+    errors: int = 0  # failed REST calls in this worker's life
+    last_error: str | None = None
+    last_error_ms: int | None = None
+    consecutive: int = 0  # failures since the last successful call
+    retrying: int = 0  # calls that hold the symbol back, now between a failure and their retry's success
+
+    def failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self.consecutive += 1
+        self.last_error = one_line(f"{type(exc).__name__}: {exc}")
+        self.last_error_ms = now_ms()
+
+    @property
+    def holding_back(self) -> bool:
+        """A catch-up or repair of this symbol is waiting on a failing REST call."""
+        return self.retrying > 0
+
+
+class Retry:
+    """Capped exponential backoff for transient exchange errors, counted for the heartbeat.
+
+    With ``health``, each failure is recorded on that symbol's RestHealth (and logged: the first of a
+    run of failures, then every 10th), and while a call with ``holds_back`` is retrying, the symbol
+    is shown *degraded*.
+    """
+
+    def __init__(self, initial: float = 0.25, maximum: float = 10.0, rate_limit_floor: float = 1.0,
+                 log: Log | None = None) -> None:
         self.initial = initial
         self.maximum = maximum
         self.rate_limit_floor = rate_limit_floor
+        self.log = log
         self.failures = 0
         self.rate_limit_waits = 0  # backoffs after a 429/418 (for /metrics)
         self.rate_limit_wait_s = 0.0
 
-    async def call(self, fn: Callable[[], Awaitable[T]], stop: Callable[[], bool] = lambda: False) -> T:
+    async def call(self, fn: Callable[[], Awaitable[T]], stop: Callable[[], bool] = lambda: False,
+                   health: RestHealth | None = None, holds_back: bool = True) -> T:
         delay = self.initial
-        while True:
-            try:
-                result = await fn()
-            except TransientError as exc:
-                self.failures += 1
-                if stop():
+        counted = False  # this call is in health.retrying
+        try:
+            while True:
+                try:
+                    result = await fn()
+                except TransientError as exc:
+                    self.failures += 1
+                    if stop():
+                        self._note(health, exc, None)
+                        raise
+                    wait = max(delay, self.rate_limit_floor) if isinstance(exc, RateLimited) else delay
+                    if isinstance(exc, RateLimited):
+                        self.rate_limit_waits += 1
+                        self.rate_limit_wait_s += wait
+                    self._note(health, exc, wait)
+                    if health is not None and holds_back and not counted:
+                        health.retrying += 1
+                        counted = True
+                    await asyncio.sleep(wait)
+                    delay = min(delay * 2, self.maximum)
+                    continue
+                except PermanentError as exc:
+                    self._note(health, exc, None)
                     raise
-                wait = max(delay, self.rate_limit_floor) if isinstance(exc, RateLimited) else delay
-                if isinstance(exc, RateLimited):
-                    self.rate_limit_waits += 1
-                    self.rate_limit_wait_s += wait
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, self.maximum)
-                continue
-            return result
+                if health is not None:
+                    health.consecutive = 0
+                return result
+        finally:
+            if counted and health is not None:
+                health.retrying -= 1
+
+    def _note(self, health: RestHealth | None, exc: OhlcvError, wait: float | None) -> None:
+        if health is None:
+            return
+        health.failed(exc)
+        if self.log is not None and (health.consecutive == 1 or health.consecutive % 10 == 0):
+            self.log.warning("REST call failed" + ("; retrying" if wait is not None else ""),
+                             symbol=health.symbol, error=health.last_error, rest_errors=health.errors,
+                             failing_in_a_row=health.consecutive,
+                             retry_in_s=None if wait is None else round(wait, 2))
 
 
 async def page_trades(
@@ -85,6 +152,7 @@ async def page_trades(
     limit: int | None = None,
     settle_ms: int = 2000,
     crowded_page: int = 100,
+    health: RestHealth | None = None,
 ) -> PageResult:
     """Fetch trade pages forward from ``cursor`` until a page reaches ``target()`` or makes no progress.
 
@@ -98,7 +166,7 @@ async def page_trades(
     result = PageResult()
     while True:
         asked = now_ms()
-        page = await retry.call(functools.partial(client.fetch_trades, symbol, cursor.ts, limit))
+        page = await retry.call(functools.partial(client.fetch_trades, symbol, cursor.ts, limit), health=health)
         result.pages += 1
         new = [t for t in page if cursor.is_new(t)]
         if not new:
@@ -128,12 +196,15 @@ async def page_candles(
     *,
     retry: Retry,
     limit: int | None = None,
+    health: RestHealth | None = None,
 ) -> int:
     """Fetch 1m candle pages from ``since`` until a page reaches ``until`` or makes no progress."""
     count = 0
     while since < until:
         start = since
-        page = await retry.call(functools.partial(client.fetch_ohlcv, symbol, start, limit))
+        # the trades make every candle: a failing candle backfill is counted but holds nothing back
+        page = await retry.call(functools.partial(client.fetch_ohlcv, symbol, start, limit), health=health,
+                                holds_back=False)
         page = [c for c in page if c.ts >= start]
         if not page:
             return count

@@ -78,7 +78,8 @@ class CandleCollector:
             await self.writer.put_candles(symbol, candles)
 
         try:
-            n = await page_candles(self.client, symbol, since, now_ms(), on_page, retry=self.t.retry)
+            n = await page_candles(self.client, symbol, since, now_ms(), on_page, retry=self.t.retry,
+                                   health=run.rest)
         except PermanentError as exc:
             self.log.warning("REST candles unavailable", symbol=symbol, error=str(exc))
             return
@@ -132,7 +133,8 @@ class CandleCollector:
         if final_to is None:
             return 0
         since = final_to - self.reconcile_minutes * MINUTE_MS
-        rest = await self.t.retry.call(lambda: self.client.fetch_ohlcv(run.symbol, since, None))
+        rest = await self.t.retry.call(lambda: self.client.fetch_ohlcv(run.symbol, since, None), health=run.rest,
+                                      holds_back=False)
         fixed = 0
         for c in rest:
             if not c.final or c.ts < since or c.ts + MINUTE_MS > final_to:
@@ -185,7 +187,8 @@ class CandleCollector:
         async def on_page(trades: list[Trade], watermark: int) -> None:
             got.extend(t for t in trades if a <= t.ts < b)
 
-        res = await page_trades(self.client, run.symbol, Cursor(a - 1), lambda: b - 1, on_page, retry=self.t.retry)
+        res = await page_trades(self.client, run.symbol, Cursor(a - 1), lambda: b - 1, on_page, retry=self.t.retry,
+                                health=run.rest)
         complete = res.reached or (res.watermark is not None and res.watermark >= b)
         await self.writer.put_trades(run.symbol, got)
         for t in got:

@@ -9,11 +9,20 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fullon_ohlcv_service.collectors.backfill import Cursor, Retry, page_trades
+from fullon_ohlcv_service.collectors.backfill import Cursor, RestHealth, Retry, page_trades
 from fullon_ohlcv_service.collectors.candles import CandleBuilder, candles_from_trades
 from fullon_ohlcv_service.collectors.writer import BatchWriter
 from fullon_ohlcv_service.errors import PermanentError, TransientError
 from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.memory import (
+    DEFAULT_BUFFER_MB,
+    MIB,
+    MINUTE_BYTES,
+    RECENT_ID_BYTES,
+    ROW_BYTES,
+    TRADE_BYTES,
+    recent_ids_per_symbol,
+)
 from fullon_ohlcv_service.models import SymbolSpec, Trade
 from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore
 from fullon_ohlcv_service.timeutil import MINUTE_MS, floor_minute, now_ms
@@ -48,6 +57,9 @@ class RecentIds:
 
     def __contains__(self, tid: str) -> bool:
         return tid in self._ids
+
+    def __len__(self) -> int:
+        return len(self._order)
 
     def add(self, t: Trade) -> None:
         self._ids.add(t.id)
@@ -84,6 +96,10 @@ class SymbolRun:
     syncs: int = 0
     fetched: int = 0
     built_from: int = 0  # the first minute this run's builder has seen every trade of
+    rest: RestHealth = field(default_factory=RestHealth)  # this symbol's REST failures (heartbeat)
+
+    def __post_init__(self) -> None:
+        self.rest.symbol = self.spec.symbol
 
     @property
     def symbol(self) -> str:
@@ -119,6 +135,11 @@ class TradeCollector:
     deduplicated trade stream (see candles.py) and become final when the stream is proven complete
     past their minute: by REST pages while catching up, by the clock (minus ``live_lag_ms``) while
     synced and connected.
+
+    Memory: every buffer that grows with market activity counts against one byte budget shared by
+    the worker's symbols (``buffer_bytes_max``, see memory.py). At the bound, the largest live buffer
+    of a symbol that is catching up drops its oldest half (keeping its newest trade): REST fetches
+    those trades instead and the merge point moves later, so nothing is lost.
     """
 
     def __init__(
@@ -131,8 +152,9 @@ class TradeCollector:
         log: Log,
         silence: SilencePolicy | None = None,
         live_lag_ms: int = 2000,
-        recent_size: int = 20_000,
+        recent_size: int | None = None,
         live_buffer_max: int = 200_000,
+        buffer_bytes_max: int = DEFAULT_BUFFER_MB * MIB,
         page_limit: int | None = None,
         backpressure_s: float | None = None,
         subscribe_margin_ms: int = 3000,
@@ -144,13 +166,16 @@ class TradeCollector:
         self.log = log
         self.silence = silence or SilencePolicy()
         self.live_lag_ms = live_lag_ms
-        self.recent_size = recent_size
+        self.buffer_bytes_max = buffer_bytes_max
+        self.recent_size = recent_size or recent_ids_per_symbol(buffer_bytes_max, len(self.specs))
         self.live_buffer_max = live_buffer_max
+        self.shed_trades = 0  # live trades dropped at the memory bound (REST fetched them instead)
+        self._shed_logged: dict[str, tuple[float, int]] = {}  # symbol -> (when logged, trades dropped since)
         self.page_limit = page_limit
         self.backpressure_s = backpressure_s
         self.subscribe_margin_ms = subscribe_margin_ms
         self.runs: dict[str, SymbolRun] = {}
-        self.retry = Retry()
+        self.retry = Retry(log=log)
         self.reconnects = 0
         self.live_trades = 0
         self.connected = False
@@ -281,7 +306,53 @@ class TradeCollector:
                 if len(run.live_buf) > self.live_buffer_max:
                     # REST will fetch what we forget; the merge point just moves later
                     del run.live_buf[: len(run.live_buf) - self.live_buffer_max // 2]
+        self.enforce_budget()
         return waited
+
+    # ---- memory bound -------------------------------------------------------------------------
+    def buffer_bytes(self) -> int:
+        """Estimated bytes held by the worker's buffers (see memory.py for what is counted)."""
+        live = ids = minutes = 0
+        for r in self.runs.values():
+            live += len(r.live_buf)
+            ids += len(r.recent)
+            minutes += r.builder.held
+        pending = int(getattr(self.client, "pending_trades", 0))  # the ccxt adapter's queue between reads
+        return ((live + pending) * TRADE_BYTES + ids * RECENT_ID_BYTES + minutes * MINUTE_BYTES
+                + self.writer.depth * ROW_BYTES)
+
+    def enforce_budget(self) -> int:
+        """Above the budget, drop the oldest half of the largest live buffers until under it.
+
+        A live buffer only exists while its symbol catches up over REST, which pages until it passes
+        the buffer's first trade: dropping the oldest trades (never the newest one) moves that merge
+        point later and REST fetches them instead. Returns the trades dropped.
+        """
+        over = self.buffer_bytes() - self.buffer_bytes_max
+        dropped = 0
+        while over > 0:
+            run = max((r for r in self.runs.values() if len(r.live_buf) > 1), key=lambda r: len(r.live_buf),
+                      default=None)
+            if run is None:
+                break  # nothing left to shed: the rest is bounded by its own share of the budget
+            n = min(len(run.live_buf) - 1, max(len(run.live_buf) // 2, over // TRADE_BYTES + 1))
+            del run.live_buf[:n]
+            over -= n * TRADE_BYTES
+            dropped += n
+            self._note_shed(run, n)
+        self.shed_trades += dropped
+        return dropped
+
+    def _note_shed(self, run: SymbolRun, n: int) -> None:
+        mono = time.monotonic()
+        at, since = self._shed_logged.get(run.symbol, (0.0, 0))
+        since += n
+        if mono - at >= 60.0:
+            self.log.warning("memory bound reached: dropped the oldest buffered live trades; REST catch-up "
+                             "fetches them", symbol=run.symbol, dropped=since, kept=len(run.live_buf),
+                             buffer_bytes_max=self.buffer_bytes_max)
+            at, since = mono, 0
+        self._shed_logged[run.symbol] = (at, since)
 
     # ---- taking trades --------------------------------------------------------------------------
     async def take(self, run: SymbolRun, trades: Sequence[Trade]) -> float:
@@ -347,6 +418,7 @@ class TradeCollector:
                 run.recent.add(t)
             run.fetched += len(trades)
             await self.writer.put_trades(run.symbol, trades)
+            self.enforce_budget()  # the write queue grew: keep the whole under the bound
             for t in trades:
                 if not run.builder.add(t):
                     run.stale.add(floor_minute(t.ts))
@@ -365,7 +437,8 @@ class TradeCollector:
         while True:
             run.need_sync.clear()
             res = await page_trades(
-                self.client, run.symbol, run.cursor, target, on_page, retry=self.retry, limit=self.page_limit
+                self.client, run.symbol, run.cursor, target, on_page, retry=self.retry, limit=self.page_limit,
+                health=run.rest,
             )
             if res.watermark is not None:
                 await self.advance(run, res.watermark)

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backoff-max", type=float, metavar="S", help="restart delay cap (default 60)")
     g.add_argument("--backoff-reset", type=float, metavar="S", default=30.0,
                    help="a worker up this long was healthy: its next restart is immediate (default 30)")
+    p.add_argument("--buffer-mb", type=int, metavar="MB",
+                   help="memory bound of each worker's buffers, all its symbols together (default 128)")
     g.add_argument("--start-method", choices=("fork", "spawn"), default="fork",
                    help="how workers are started (default fork; spawn exists for the benchmark)")
     m = p.add_argument_group("metrics (Prometheus)")

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flush-rows", type=int, help="rows per write batch (default 1000)")
     p.add_argument("--flush-interval", type=float, help="max seconds a row waits before a flush (default 0.25)")
     p.add_argument("--buffer-rows", type=int, help="rows buffered before reading pauses (default 50000)")
+    p.add_argument("--buffer-mb", type=int,
+                   help="memory bound of the worker's buffers, all symbols together (default 128)")
     p.add_argument("--silence-min", type=float, default=3.0,
                    help="shortest silence (s) that triggers a REST catch-up (default 3)")
     p.add_argument("--gap-check", type=float, default=60.0, help="seconds between candle gap checks (default 60)")

@@ -14,7 +14,8 @@ from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.metrics.figures import WorkerFigures
 from fullon_ohlcv_service.ports import ProcessCache
 
-STATES = ("starting", "running", "behind", "error")
+STATES = ("starting", "running", "behind", "degraded", "error")
+SYMBOL_STATES = ("backfill", "catching_up", "live", "degraded", "error")
 
 
 @dataclass(slots=True)
@@ -29,9 +30,25 @@ class SymbolBeat:
     error: str | None = None
     counters: dict[str, int] = field(default_factory=dict)  # more cumulative counters (gaps, for /metrics)
     rejected: int = 0  # rows refused by validation or quarantined by the writer (this worker's life)
+    synced: bool = False  # on the live stream (not backfilling nor catching up)
+    ever_synced: bool = False  # the first backfill is done
+    rest_errors: int = 0  # failed REST calls in this worker's life
+    last_rest_error: str | None = None
+    rest_holding_back: bool = False  # a catch-up or gap repair is retrying a failed REST call
+
+    @property
+    def state(self) -> str:
+        """error; degraded while behind because REST keeps failing; backfill; catching_up; live."""
+        if self.error:
+            return "error"
+        if self.rest_holding_back:
+            return "degraded"
+        if not self.ever_synced:
+            return "backfill"
+        return "live" if self.synced else "catching_up"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             **self.counters,
             "last_trade_ms": self.last_trade_ms,
             "last_final_candle_ms": self.last_final_candle_ms,
@@ -40,7 +57,12 @@ class SymbolBeat:
             "backfill_pct": self.backfill_pct,
             "error": self.error,
             "rejected": self.rejected,
+            "state": self.state,
+            "rest_errors": self.rest_errors,
         }
+        if self.last_rest_error:
+            out["last_rest_error"] = self.last_rest_error
+        return out
 
 
 @dataclass(slots=True)
@@ -60,20 +82,26 @@ class Snapshot:
     gaps_repaired: int = 0
     errors: int = 0
     figures: WorkerFigures | None = None  # REST outcomes, rate-limit waits, histograms (for /metrics)
+    buffer_bytes: int = 0  # estimated bytes held by the worker's buffers
+    buffer_bytes_max: int = 0  # the bound they are kept under
 
 
 def worker_state(s: Snapshot) -> str:
-    """starting until the first live data, then running; behind while the store lags; error when failing."""
+    """starting until the first live data, then running; behind while the store lags; error when failing;
+    degraded while a symbol is behind because its REST calls keep failing."""
     if s.failing is not None or (s.symbols and all(b.error for b in s.symbols.values())):
         return "error"
+    if any(b.state == "degraded" for b in s.symbols.values()):
+        return "degraded"
     if not s.live:
         return "starting"
     return "behind" if s.behind else "running"
 
 
 def cache_status(state: str) -> str:
-    """The ProcessCache status for a worker state (the cache has no "behind": it is running)."""
-    return {"starting": "starting", "running": "running", "behind": "running", "error": "error"}[state]
+    """The ProcessCache status for a worker state (the cache has no "behind" nor "degraded": it is running)."""
+    return {"starting": "starting", "running": "running", "behind": "running", "degraded": "running",
+            "error": "error"}[state]
 
 
 def build_params(s: Snapshot) -> dict[str, Any]:
@@ -90,6 +118,8 @@ def build_params(s: Snapshot) -> dict[str, Any]:
         "gaps_repaired": s.gaps_repaired,
         "errors": s.errors,
         **(s.figures.as_params() if s.figures is not None else {}),
+        "buffer_bytes": s.buffer_bytes,
+        "buffer_bytes_max": s.buffer_bytes_max,
     }
 
 
@@ -99,6 +129,10 @@ def status_message(s: Snapshot) -> str:
         if s.failing:
             return s.failing
         return "every symbol failed: " + "; ".join(f"{k}: {b.error}" for k, b in s.symbols.items())
+    if state == "degraded":
+        return "degraded: REST failing: " + "; ".join(
+            f"{k}: {b.last_rest_error} ({b.rest_errors} REST errors)"
+            for k, b in s.symbols.items() if b.state == "degraded")
     if state == "behind":
         return f"behind: {s.buffer_depth} rows waiting for the store"
     bad = {k: b.error for k, b in s.symbols.items() if b.error}

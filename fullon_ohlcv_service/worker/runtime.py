@@ -23,6 +23,7 @@ from fullon_ohlcv_service.errors import (
     TransientError,
 )
 from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.memory import MIB, pending_trades_max
 from fullon_ohlcv_service.metrics.worker import worker_figures
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore, ProcessCache
@@ -152,12 +153,13 @@ class WorkerRuntime:
             return self._open_client(self.spec, self.settings.simulator)
         from fullon_ohlcv_service.adapters.ccxt_exchange import CcxtExchange
 
-        return CcxtExchange(self.spec, simulator=self.settings.simulator, rejects=self.rejects)
+        return CcxtExchange(self.spec, simulator=self.settings.simulator, rejects=self.rejects,
+                            pending_max=pending_trades_max(self.settings.buffer_mb * MIB))
 
     def _boot_params(self) -> dict[str, object]:
         return {"pid": os.getpid(), "exchange": self.spec.name, "started_ms": self.started_ms, "state": "starting",
                 "symbols": {}, "buffer_depth": 0, "loop_lag_ms": 0.0, "reconnects": 0, "gaps_repaired": 0,
-                "errors": 0}
+                "errors": 0, "buffer_bytes": 0, "buffer_bytes_max": self.settings.buffer_mb * MIB}
 
     async def _load_markets(self, client: ExchangeClient) -> set[str] | None:
         delay = 0.5
@@ -193,7 +195,8 @@ class WorkerRuntime:
             store, flush_rows=s.flush_rows, flush_interval=s.flush_interval, buffer_rows=s.buffer_rows,
             backoff_max=min(5.0, s.backoff_max), log=self.log, rejects=self.rejects,
         )
-        trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence)
+        trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence,
+                                              buffer_bytes_max=s.buffer_mb * MIB)
         candles = self.candles = CandleCollector(trades, reconcile_every=t.reconcile_every, gap_every=t.gap_every)
         writer_task = asyncio.create_task(writer.run(), name="writer")
         await self._until_stopped(self._retrying_prepare(trades))
@@ -355,11 +358,20 @@ class WorkerRuntime:
                     backfill_pct=run.backfill_pct,
                     error=run.error,
                     rejected=self.rejects.counts.get(sym, 0),
+                    synced=run.synced,
+                    ever_synced=run.ever_synced,
+                    rest_errors=run.rest.errors,
+                    last_rest_error=run.rest.last_error,
+                    rest_holding_back=run.rest.holding_back,
                 )
+                snap.errors += run.rest.errors
         for sym, err in self.unknown.items():
             snap.symbols[sym] = SymbolBeat(error=err)
         if wr is not None:
             snap.buffer_depth = wr.depth
+        snap.buffer_bytes_max = self.settings.buffer_mb * MIB
+        if tr is not None:
+            snap.buffer_bytes = tr.buffer_bytes()
         if cd is not None:
             snap.gaps_repaired = cd.gaps_repaired
         snap.figures = worker_figures(self.client, tr, wr)

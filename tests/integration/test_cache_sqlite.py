@@ -145,3 +145,53 @@ def test_heartbeat_cost(home: Path) -> None:
     assert cache.get(pid)["params"] == {"i": n - 1}  # type: ignore[index]
     print(f"sqlite heartbeat: one IMMEDIATE transaction, {per_beat_ms:.3f} ms each")
     cache.close()
+
+
+def test_a_commit_locked_past_the_busy_timeout_leaves_no_transaction_open(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite keeps the transaction open when COMMIT gets SQLITE_BUSY; every later beat then failed with
+    'cannot start a transaction within a transaction' until the worker restarted.
+
+    The file is switched to a rollback journal, where COMMIT needs every reader gone: a reader that
+    holds its lock past the busy timeout makes the COMMIT itself fail.
+    """
+    import fullon_ohlcv_service.adapters.sqlite_cache as mod
+
+    monkeypatch.setattr(mod, "BUSY_TIMEOUT_MS", 100)
+    path = home / "c.sqlite"
+    cache = SyncSqliteProcessCache(path)
+    pid = cache.register("ohlcv", "w")
+    conn = cache._connection()
+    assert conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    seen: list[str] = []
+    conn.set_trace_callback(seen.append)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM process_data").fetchall()  # holds a SHARED lock
+        with pytest.raises(StoreUnavailable, match="locked"):
+            cache.update(pid, status="running", params={"beat": 1})
+        assert seen[-2:] == ["COMMIT", "ROLLBACK"], seen[-3:]  # the COMMIT failed, and was rolled back
+        assert not conn.in_transaction
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    cache.update(pid, status="running", params={"beat": 2})  # the cause is gone: the next beat lands
+    assert cache.get(pid)["params"] == {"beat": 2}  # type: ignore[index]
+    cache.close()
+
+
+def test_a_full_database_keeps_its_error_and_the_next_write_succeeds(home: Path) -> None:
+    """SQLITE_FULL (the database's page limit): the error says so, and a write after it is raised lands."""
+    cache = SyncSqliteProcessCache(home / "c.sqlite")
+    pid = cache.register("ohlcv", "w")
+    conn = cache._connection()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(StoreUnavailable, match="database or disk is full"):
+        cache.update(pid, params={"big": "x" * 200_000})
+    assert not conn.in_transaction
+    conn.execute("PRAGMA max_page_count=1073741823")
+    cache.update(pid, params={"big": "y" * 200_000})
+    assert cache.get(pid)["params"]["big"] == "y" * 200_000  # type: ignore[index]
+    cache.close()

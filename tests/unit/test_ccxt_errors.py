@@ -225,14 +225,13 @@ async def test_methods_raise_only_our_errors_when_not_open() -> None:
     await ex.close()  # closing an unopened client is fine
 
 
-async def test_live_buffer_overflow_is_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cx, "MAX_PENDING_TRADES", 5)
-    async with cx.CcxtExchange(ExchangeSpec(name="kraken")) as ex:
+async def test_live_buffer_overflow_is_a_transient_error() -> None:
+    async with cx.CcxtExchange(ExchangeSpec(name="kraken"), pending_max=5) as ex:  # the worker's memory share
         ex._markets = {"BTC/USD"}
         sink = ex._sink("BTC/USD")
         for i in range(8):
             sink({"timestamp": 1_700_000_000_000 + i, "id": str(i), "price": 1.0, "amount": 1.0, "side": "buy"})
-        assert len(ex._pending) == 5
+        assert len(ex._pending) == 5 and ex.pending_trades == 5
         with pytest.raises(TransientError, match="overflowed, 3 trade"):
             await ex.watch_trades(["BTC/USD"])
         assert not ex._pending  # the caller catches up over REST from its own cursor

@@ -140,3 +140,46 @@ def test_recent_ids_floor_rises_with_evictions() -> None:
 @pytest.mark.parametrize(("gap", "expect"), [(None, 300.0), (0.01, 3.0), (2.0, 20.0), (100.0, 300.0)])
 def test_silence_threshold(gap: float | None, expect: float) -> None:
     assert SilencePolicy().threshold(gap) == expect
+
+
+async def test_rest_failures_are_counted_per_symbol_and_hold_it_back_while_retrying() -> None:
+    """Each failed REST call is recorded on the symbol's RestHealth; while a catch-up's call is retrying
+    the symbol is held back (degraded); a success clears that but keeps the count and the last error."""
+    import asyncio
+
+    from fullon_ohlcv_service.collectors.backfill import RestHealth
+    from fullon_ohlcv_service.errors import TransientError
+
+    health = RestHealth("X")
+    gate = asyncio.Event()
+    calls = 0
+
+    async def flaky() -> int:
+        nonlocal calls
+        calls += 1
+        if not gate.is_set():
+            raise TransientError("ExchangeNotAvailable: kraken GET https://x/0/public/Trades 503\nService Unavailable")
+        return 42
+
+    retry = Retry(0.001, 0.002)
+    task = asyncio.create_task(retry.call(flaky, health=health))
+    for _ in range(500):
+        if health.errors >= 3:
+            break
+        await asyncio.sleep(0.001)
+    assert health.holding_back and health.errors >= 3 and health.consecutive == health.errors
+    assert health.last_error is not None and "\n" not in health.last_error
+    assert health.last_error.startswith("TransientError: ExchangeNotAvailable") and health.last_error_ms
+    gate.set()
+    assert await task == 42
+    assert not health.holding_back and health.consecutive == 0 and health.errors == calls - 1
+    # a call that does not hold the symbol back (candle backfill, reconciliation) is counted only
+    gate.clear()
+    other = asyncio.create_task(retry.call(flaky, health=health, holds_back=False))
+    for _ in range(500):
+        if health.consecutive >= 2:
+            break
+        await asyncio.sleep(0.001)
+    assert not health.holding_back and health.consecutive >= 2
+    gate.set()
+    await other

@@ -73,3 +73,54 @@ def test_seed_and_reset_minute() -> None:
     b.reset_minute(0, [tr(1_000, 1, 10.0), tr(2_000, 2, 9.0), tr(3_000, 3, 8.0)])
     c = b.candle(0)
     assert c is not None and c.low == 8.0 and c.volume == 3.0
+
+
+def test_exact_sum_is_fsum_of_every_amount_in_any_order_with_bounded_partials() -> None:
+    """The running volume equals math.fsum of the minute's amounts bit for bit (what the audit compares),
+    whatever the order, while holding a few partials instead of every amount."""
+    import math
+
+    from fullon_ohlcv_service.collectors.candles import ExactSum
+
+    rng = random.Random(13)
+    for case in range(200):
+        n = rng.choice([1, 2, 3, 10, 1000, 20_000]) if case % 10 == 0 else rng.randint(1, 300)
+        amounts = [rng.choice([rng.random(), rng.uniform(0, 1e-8), rng.uniform(0, 1e6),
+                               round(rng.uniform(0, 10), 8), 0.1, 1e-300, 1e15]) for _ in range(n)]
+        for order in range(2):
+            if order:
+                rng.shuffle(amounts)
+            acc = ExactSum()
+            most = 0
+            for a in amounts:
+                acc.add(a)
+                most = max(most, len(acc))
+            assert acc.value() == math.fsum(amounts), (case, n)
+            assert most <= 40
+    # exactness where a naive sum drifts
+    acc = ExactSum()
+    for a in [1e16, 1.0, -1e16] * 1000:
+        acc.add(a)
+    assert acc.value() == 1000.0 and len(acc) <= 2
+    inf = ExactSum(1.0)
+    inf.add(math.inf)
+    inf.add(5.0)
+    assert inf.value() == math.inf
+
+
+def test_a_minute_holds_constant_memory_however_many_trades() -> None:
+    """50,000 trades in one minute: the builder keeps one small aggregate, not 50,000 amounts."""
+    import math
+    import sys
+
+    rng = random.Random(5)
+    b = CandleBuilder()
+    amounts = [round(rng.uniform(0.0001, 3.0), 8) for _ in range(50_000)]
+    for i, a in enumerate(amounts):
+        b.add(tr(i, i, 100.0 + rng.random(), a))
+    agg = b._aggs[0]
+    held = sys.getsizeof(agg) + sys.getsizeof(agg.volume._partials) + 8 * len(agg.volume)
+    assert held < 1000
+    c = b.candle(0)
+    assert c is not None and c.volume == math.fsum(amounts)
+    assert candles_from_trades(tr(i, i, 1.0, a) for i, a in enumerate(amounts))[0].volume == math.fsum(amounts)

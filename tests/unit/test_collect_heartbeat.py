@@ -21,13 +21,15 @@ def snap(**kw: object) -> Snapshot:
 
 def test_params_carry_the_contract_fields() -> None:
     s = snap(symbols={"BTC/USD": SymbolBeat(5, 4, 3, 2, 100.0, None, rejected=6)}, buffer_depth=7, loop_lag_ms=1.23456,
-             reconnects=2, gaps_repaired=1, errors=3)
+             reconnects=2, gaps_repaired=1, errors=3, buffer_bytes=4096, buffer_bytes_max=128 << 20)
     p = build_params(s)
     assert p == {
         "pid": 42, "exchange": "kraken", "started_ms": 1, "state": "running",
         "symbols": {"BTC/USD": {"last_trade_ms": 5, "last_final_candle_ms": 4, "trades_stored": 3,
-                                "candles_stored": 2, "backfill_pct": 100.0, "error": None, "rejected": 6}},
+                                "candles_stored": 2, "backfill_pct": 100.0, "error": None, "rejected": 6,
+                                "state": "backfill", "rest_errors": 0}},
         "buffer_depth": 7, "loop_lag_ms": 1.235, "reconnects": 2, "gaps_repaired": 1, "errors": 3,
+        "buffer_bytes": 4096, "buffer_bytes_max": 128 << 20,
     }
 
 
@@ -42,3 +44,25 @@ def test_states() -> None:
     assert "A/B: SymbolUnknown" in status_message(snap(symbols=one_bad))
     all_bad = {"A/B": SymbolBeat(error="SymbolUnknown")}
     assert worker_state(snap(symbols=all_bad)) == "error"
+
+
+def test_a_symbol_behind_on_failing_rest_is_degraded_and_so_is_the_worker() -> None:
+    live = SymbolBeat(synced=True, ever_synced=True)
+    assert live.state == "live" and SymbolBeat(ever_synced=True).state == "catching_up"
+    assert SymbolBeat().state == "backfill" and SymbolBeat(error="x", rest_holding_back=True).state == "error"
+    failing = SymbolBeat(ever_synced=True, rest_errors=7, rest_holding_back=True,
+                         last_rest_error="TransientError: ExchangeNotAvailable: kraken 503 Service Unavailable")
+    assert failing.state == "degraded"
+    entry = failing.as_dict()
+    assert (entry["state"], entry["rest_errors"]) == ("degraded", 7)
+    assert entry["last_rest_error"].endswith("503 Service Unavailable")
+    assert "last_rest_error" not in live.as_dict()  # absent until a REST call fails
+    s = snap(symbols={"BTC/USD": failing, "ETH/USD": live})
+    assert worker_state(s) == "degraded" and cache_status("degraded") == "running"
+    assert build_params(s)["state"] == "degraded"
+    msg = status_message(s)
+    assert msg.startswith("degraded: REST failing: BTC/USD: TransientError") and "7 REST errors" in msg
+    assert "ETH/USD" not in msg
+    assert worker_state(snap(live=False, symbols={"BTC/USD": failing})) == "degraded"  # not "starting" forever
+    recovered = SymbolBeat(synced=True, ever_synced=True, rest_errors=7, last_rest_error="TransientError: 503")
+    assert recovered.state == "live" and worker_state(snap(symbols={"BTC/USD": recovered})) == "running"
