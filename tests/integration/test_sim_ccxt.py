@@ -22,7 +22,7 @@ BUSY = {"kraken": "BTC/USD", "binance": "BTC/USDT"}
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator(seed=11, symbols=SYMBOLS, history_days=0.6, tick_s=0.02) as s:
+    async with Simulator(seed=11, symbols=SYMBOLS, history_days=0.6, tick_s=0.02, steady=True) as s:
         yield s
 
 

@@ -334,7 +334,9 @@ def test_postgres_store_and_redis_cache(tmp_path: Path, home: Path, sim: Sim, ex
         assert set(entry) - {"last_rest_error"} >= {"last_trade_ms", "last_final_candle_ms", "trades_stored",
                                                     "candles_stored", "backfill_pct", "error", "state", "rest_errors",
                                                     "gaps_found", "gaps_repaired", "rejected"}
-        assert entry["backfill_pct"] == 100.0 and entry["error"] is None and entry["state"] in ("live", "catching_up")
+        assert entry["backfill_pct"] == 100.0 and entry["error"] is None
+        # a quiet Binance symbol can still be waiting for the connection's proof of sync ("backfill")
+        assert entry["state"] in ("backfill", "catching_up", "live")
         assert entry["rejected"] == 0  # nothing poisoned here: nothing refused
         assert entry["trades_stored"] > 0 and entry["candles_stored"] > 0 and entry["last_trade_ms"] > 0
 

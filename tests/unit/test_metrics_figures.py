@@ -110,5 +110,5 @@ def test_heartbeat_params_carry_the_figures_that_the_tally_reads() -> None:
     assert t.rest == {"ok": 4, "rate_limited": 1}
     assert t.worker == {"reconnects": 2, "errors": 0, "rate_limit_waits": 1, "rate_limit_wait_s": 1.5}
     assert t.symbols["BTC/USD"] == {"trades_stored": 5, "candles_stored": 0, "gaps_found": 2, "gaps_repaired": 1,
-                                    "rejected": 3}
+                                    "rejected": 3, "rest_errors": 0}
     assert t.histograms["commit_seconds"].count == 1

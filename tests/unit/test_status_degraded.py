@@ -37,7 +37,7 @@ def test_report_names_the_degraded_symbol_and_its_last_rest_error() -> None:
     assert "running/degraded" in text
     header = next(line for line in text.splitlines() if line.strip().startswith("SYMBOL"))
     assert header.split() == ["SYMBOL", "STATE", "DATA_AGE", "LAST_TRADE", "LAST_CANDLE", "TRADES", "CANDLES",
-                              "BACKFILL", "REST_ERRORS", "ERROR", "LAST_REST_ERROR"]
+                              "BACKFILL", "REJECTED", "REST_ERRORS", "ERROR", "LAST_REST_ERROR"]
     btc_line = next(line for line in text.splitlines() if line.strip().startswith("BTC/USD"))
     assert btc_line.split()[1] == "degraded" and " 12 " in btc_line and btc_line.endswith(ERR)
 
