@@ -26,6 +26,13 @@ class ConfigError(PermanentError):
     """Bad settings, flags or configuration rows. Message is one clear line, never a password."""
 
 
+class StoreDataError(PermanentError):
+    """The store refused values in a batch (a constraint, type or range the validation missed).
+
+    Retrying the same rows fails again; the writer isolates the offending rows and quarantines them.
+    """
+
+
 class StoreUnavailable(TransientError):
     """A database or cache cannot be reached. The message names the endpoint without password."""
 

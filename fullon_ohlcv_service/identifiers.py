@@ -65,6 +65,11 @@ def coverage_table(symbol: str) -> str:
     return f"{symbol_table_base(symbol)}_coverage"
 
 
+def rejects_table(symbol: str) -> str:
+    """Unquoted reject table name (our own: rows refused by validation or quarantined by the writer)."""
+    return f"{symbol_table_base(symbol)}_rejects"
+
+
 def qualified(exchange: str, table: str) -> str:
     """``"kraken"."btc_usd_trades"``: both parts validated and quoted."""
     return f"{quote_ident(schema_name(exchange))}.{quote_ident(table)}"

@@ -1,4 +1,4 @@
-"""Value objects shared by every layer: Trade, Candle, SymbolSpec, ExchangeSpec (epoch-ms ints)."""
+"""Value objects shared by every layer: Trade, Candle, Reject, SymbolSpec, ExchangeSpec (epoch-ms ints)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Literal
 
 Side = Literal["buy", "sell"]
+RejectKind = Literal["trade", "candle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,22 @@ class Candle:
     close: float
     volume: float
     final: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A trade or candle refused by validation or quarantined by the writer, kept in ``<symbol>_rejects``.
+
+    ``ref`` is the trade id (or, for a trade without one, a digest of its values; for a candle, its
+    minute as decimal epoch ms); ``raw`` is JSON text of the values as received; ``seen_ms`` when it was
+    first refused. The store keeps one row per (kind, ref, reason).
+    """
+
+    kind: RejectKind
+    ref: str
+    reason: str
+    raw: str
+    seen_ms: int
 
 
 @dataclass(frozen=True, slots=True)

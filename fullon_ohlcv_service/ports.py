@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from fullon_ohlcv_service.models import Candle, ExchangeSpec, Trade
+from fullon_ohlcv_service.models import Candle, ExchangeSpec, Reject, Trade
 
 # fullon_cache's enum strings.
 PROCESS_TYPES = (
@@ -78,7 +78,22 @@ class CandleStore(Protocol):
         ...
 
 
-class OhlcvStore(TradeStore, CandleStore, Protocol):
+@runtime_checkable
+class RejectStore(Protocol):
+    """Rows refused by validation or quarantined by the writer, per symbol (``<symbol>_rejects``)."""
+
+    async def save_rejects(self, symbol: str, rejects: Sequence[Reject]) -> int:
+        """Store the rejects; return how many were new. Idempotent on (kind, ref, reason): the first kept."""
+        ...
+
+    async def count_rejects(self, symbol: str) -> int: ...
+
+    async def load_rejects(self, symbol: str) -> list[Reject]:
+        """Every stored reject of ``symbol`` in (seen_ms, kind, ref, reason) order."""
+        ...
+
+
+class OhlcvStore(TradeStore, CandleStore, RejectStore, Protocol):
     """Both stores for one exchange, opened with ``async with`` and closed on exit."""
 
     exchange: str
@@ -169,8 +184,21 @@ class SyncProcessCache(Protocol):
     def close(self) -> None: ...
 
 
+class RejectSink(Protocol):
+    """Where rows refused by validation go (the worker's reject book): counted, logged, stored.
+
+    Called from inside parsing (synchronously, on the event loop); it never blocks.
+    """
+
+    def reject(self, symbol: str, rejects: Sequence[Reject]) -> None: ...
+
+
 class ExchangeClient(Protocol):
-    """What collectors need from an exchange; the ccxt adapter implements it. Returns our models."""
+    """What collectors need from an exchange; the ccxt adapter implements it. Returns our models.
+
+    Every trade and candle is validated where it enters (``validation.py``): a row that breaks a rule
+    is never returned; it goes to the RejectSink the client was built with, and paging moves past it.
+    """
 
     name: str
     ohlcv_depth: int | None  # how many recent 1m bars REST serves at most (Kraken ~720), None = deep

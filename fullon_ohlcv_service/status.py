@@ -29,6 +29,7 @@ class SymbolRow:
     candles_stored: int | None
     backfill_pct: float | None
     error: str | None
+    rejected: int | None = None  # rows refused or quarantined by the worker (see the <symbol>_rejects table)
 
 
 @dataclass(slots=True)
@@ -94,6 +95,7 @@ def _symbol_rows(params: dict[str, Any], now: int) -> list[SymbolRow]:
             trades_stored=_int(info.get("trades_stored")), candles_stored=_int(info.get("candles_stored")),
             backfill_pct=float(pct) if isinstance(pct, int | float) else None,
             error=info.get("error") or None,
+            rejected=_int(info.get("rejected")),
         ))
     return rows
 
@@ -223,12 +225,14 @@ def _symbol_cells(r: SymbolRow, now: int) -> list[str]:
         return _fmt_age(None if ts is None else max(0.0, (now - ts) / 1000))
 
     return [r.symbol, _fmt_age(r.data_age_s), age(r.last_trade_ms), age(r.last_final_candle_ms),
-            _opt(r.trades_stored), _opt(r.candles_stored), _fmt_pct(r.backfill_pct), r.error or "-"]
+            _opt(r.trades_stored), _opt(r.candles_stored), _fmt_pct(r.backfill_pct), _opt(r.rejected),
+            r.error or "-"]
 
 
 EXCHANGE_HEADER = ["EXCHANGE", "STATE", "PID", "UPTIME", "RESTARTS", "HEARTBEAT", "SYMBOLS", "DATA_AGE",
                    "BACKFILL", "BUFFER", "LAST_ERROR"]
-SYMBOL_HEADER = ["SYMBOL", "DATA_AGE", "LAST_TRADE", "LAST_CANDLE", "TRADES", "CANDLES", "BACKFILL", "ERROR"]
+SYMBOL_HEADER = ["SYMBOL", "DATA_AGE", "LAST_TRADE", "LAST_CANDLE", "TRADES", "CANDLES", "BACKFILL", "REJECTED",
+                 "ERROR"]
 
 
 def render(report: Report, verbose: bool) -> str:

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -68,9 +69,17 @@ from fullon_ohlcv_service.errors import (
     TransientError,
 )
 from fullon_ohlcv_service.log import Log
-from fullon_ohlcv_service.models import Candle, ExchangeSpec, Side, Trade
+from fullon_ohlcv_service.models import Candle, ExchangeSpec, Reject, Trade
+from fullon_ohlcv_service.ports import RejectSink
 from fullon_ohlcv_service.settings import redact_url
 from fullon_ohlcv_service.timeutil import MINUTE_MS, now_ms
+from fullon_ohlcv_service.validation import (
+    MAX_AHEAD_MS,
+    build_candle,
+    build_trade,
+    candle_reject,
+    trade_reject,
+)
 
 HOUR_MS = 3_600_000
 OHLCV_DEPTH = {"kraken": 720}  # 1m bars the REST OHLC endpoint serves at most; absent = deep
@@ -84,6 +93,12 @@ _REMOVED = {
 # exchange error texts that ccxt 4.5.90 leaves as a plain ExchangeError but that name an unknown symbol
 _SYMBOL_ERRORS = ("EQuery:Unknown asset pair",)
 _PARAM_NAMES = ("enable_rate_limit", "rate_limit_ms", "timeout_ms", "base_url")
+_PARSE_ERROR = "ohlcv_parse_error"  # set on a row ccxt could not parse (our guard's stand-in)
+# every row ccxt parses during one REST call of ours, in wire order (see _ParseHooks)
+_TRADE_TAP: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("ohlcv_trade_tap",
+                                                                                         default=None)
+_OHLCV_TAP: contextvars.ContextVar[list[tuple[list[Any], Any, str | None]] | None] = contextvars.ContextVar(
+    "ohlcv_candle_tap", default=None)
 
 
 # --------------------------------------------------------------------------- errors
@@ -233,31 +248,72 @@ def build_config(name: str, params: Mapping[str, str], simulator: str | None) ->
 # --------------------------------------------------------------------------- conversions
 
 
+def _wire_side_problem(info: Any) -> str | None:
+    """A side ccxt would have guessed: Kraken's REST row maps anything but "s" to buy, Binance's ``m``
+    (buyer is maker) must be a boolean."""
+    if isinstance(info, list) and len(info) > 3 and isinstance(info[2], int | float | str):
+        return None if info[3] in ("b", "s") else "side unknown"  # Kraken [price, volume, time, side, ...]
+    if isinstance(info, dict) and "m" in info and ("a" in info or "t" in info):
+        return None if isinstance(info["m"], bool) else "side unknown"  # Binance aggTrade / trade
+    return None
+
+
+def _trade_values(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {"ts": raw.get("timestamp"), "id": raw.get("id"), "price": raw.get("price"),
+            "amount": raw.get("amount"), "side": raw.get("side"), "type": raw.get("type"), "info": raw.get("info")}
+
+
+def trade_or_reject(raw: Mapping[str, Any], now: int) -> Trade | Reject:
+    """A ccxt trade dict -> Trade, or the Reject that says which rule (validation.py) it breaks."""
+    values = _trade_values(raw)
+    error = raw.get(_PARSE_ERROR)
+    problem = f"unparseable: {error}" if error else _wire_side_problem(raw.get("info"))
+    if problem is None:
+        got = build_trade(values["ts"], values["id"], values["price"], values["amount"], values["side"],
+                          values["type"], now)
+        if isinstance(got, Trade):
+            return got
+        problem = got
+    return trade_reject(values, problem, now)
+
+
+def candle_or_reject(row: Sequence[Any], final: bool, now: int, wire: Any = None) -> Candle | Reject:
+    """A ccxt OHLCV row -> Candle, or the Reject that says which rule (validation.py) it breaks."""
+    cells = list(row[:6]) + [None] * (6 - len(row[:6]))
+    values: dict[str, Any] = dict(zip(("ts", "open", "high", "low", "close", "volume"), cells, strict=True))
+    if wire is not None:
+        values["info"] = wire
+    got = build_candle(cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], final, now)
+    return got if isinstance(got, Candle) else candle_reject(values, got, now)
+
+
 def to_trade(raw: Mapping[str, Any]) -> Trade:
-    """A ccxt trade dict -> Trade. Raises ValueError on a trade with missing or bad fields."""
-    ts, tid, price, amount, side = raw.get("timestamp"), raw.get("id"), raw.get("price"), raw.get("amount"), raw.get(
-        "side"
-    )
-    if ts is None or tid is None or tid == "" or price is None or amount is None:
-        raise ValueError(f"incomplete trade: ts={ts!r} id={tid!r} price={price!r} amount={amount!r}")
-    if side not in ("buy", "sell"):
-        raise ValueError(f"trade {tid!r} has side {side!r}")
-    s: Side = "buy" if side == "buy" else "sell"
-    kind = raw.get("type")
-    return Trade(int(ts), str(tid), float(price), float(amount), s, kind if isinstance(kind, str) else "")
+    """A ccxt trade dict -> Trade. Raises ValueError naming the rule a bad trade breaks."""
+    got = trade_or_reject(raw, now_ms())
+    if isinstance(got, Reject):
+        raise ValueError(f"trade {got.ref!r} refused: {got.reason}")
+    return got
 
 
 def to_candle(row: Sequence[Any], now: int) -> Candle:
-    """A ccxt OHLCV row -> Candle, provisional while its minute has not closed at ``now``."""
-    if len(row) < 6 or any(v is None for v in row[:6]):
-        raise ValueError(f"incomplete candle row {list(row)[:6]!r}")
-    ts = int(row[0])
-    return Candle(ts, float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[5]),
-                  final=ts + MINUTE_MS <= now)
+    """A ccxt OHLCV row -> Candle, provisional while its minute has not closed at ``now``.
+
+    Raises ValueError naming the rule a bad row breaks (checked against the wall clock).
+    """
+    ts = row[0] if row else None
+    final = isinstance(ts, int) and ts + MINUTE_MS <= now
+    got = candle_or_reject(row, final, now_ms())
+    if isinstance(got, Reject):
+        raise ValueError(f"candle {got.ref!r} refused: {got.reason}")
+    return got
 
 
 def _id_key(tid: str) -> tuple[int, int | str]:
-    return (0, int(tid)) if tid.isdigit() else (1, tid)
+    return (0, int(tid)) if _numeric(tid) else (1, tid)
+
+
+def _numeric(tid: str) -> bool:
+    return tid.isascii() and tid.isdigit()
 
 
 def sort_trades(trades: list[Trade]) -> list[Trade]:
@@ -283,7 +339,57 @@ def _tap_cache(limit: int, sink: Callable[[dict[str, Any]], None]) -> Any:
     return TapCache(limit)
 
 
-class _ProHooks:
+class _ParseHooks:
+    """Mixed into both ccxt classes: one bad row never fails a whole page or frame, and REST rows are tapped.
+
+    - ccxt's cost arithmetic (``Precise``) raises on ``"nan"``/``"inf"`` text, which failed the whole
+      page (or frame) of an otherwise good response: the row keeps its parsed values, without a cost,
+      and validation refuses it.
+    - Any other exception parsing one trade or candle yields a stand-in row marked ``_PARSE_ERROR``,
+      which is refused as unparseable.
+    - Inside a REST call of ours, every parsed row is also appended to the call's tap (a context
+      variable, so concurrent calls do not mix): ccxt silently drops rows with a missing or early
+      timestamp from what it returns, and those must be refused and counted, not lost, and a page
+      must be judged full by what the exchange sent.
+    """
+
+    def safe_trade(self, trade: dict[str, Any], market: Any = None) -> Any:
+        try:
+            return super().safe_trade(trade, market)  # type: ignore[misc]
+        except (ValueError, ArithmeticError, TypeError):
+            trade["fee"], trade["fees"], trade["cost"] = {"cost": None, "currency": None}, [], None
+            trade["amount"] = self.parse_number(trade.get("amount"))  # type: ignore[attr-defined]
+            trade["price"] = self.parse_number(trade.get("price"))  # type: ignore[attr-defined]
+            return trade
+
+    def parse_trade(self, trade: Any, market: Any = None) -> Any:
+        try:
+            parsed = super().parse_trade(trade, market)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - one row: refused as unparseable, the page goes on
+            parsed = {
+                "info": trade, "symbol": market.get("symbol") if isinstance(market, dict) else None,
+                "id": None, "order": None, "timestamp": None, "datetime": None, "type": None, "side": None,
+                "takerOrMaker": None, "price": None, "amount": None, "cost": None, "fee": None, "fees": [],
+                _PARSE_ERROR: _one_line(f"{type(exc).__name__}: {exc}", 200),
+            }
+        tap = _TRADE_TAP.get()
+        if tap is not None:
+            tap.append(parsed)
+        return parsed
+
+    def parse_ohlcv(self, ohlcv: Any, market: Any = None) -> Any:
+        error: str | None = None
+        try:
+            parsed = super().parse_ohlcv(ohlcv, market)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - one row: refused as unparseable, the page goes on
+            parsed, error = [None] * 6, _one_line(f"{type(exc).__name__}: {exc}", 200)
+        tap = _OHLCV_TAP.get()
+        if tap is not None:
+            tap.append((parsed, ohlcv, error))
+        return parsed
+
+
+class _ProHooks(_ParseHooks):
     """Mixed into the ccxt.pro class: guards frame parsing and keeps Binance's kline ``x`` flag."""
 
     ohlcv_frame_error: Callable[[Any, BaseException], None] | None = None
@@ -325,10 +431,11 @@ class _ProHooks:
         if self.kline_closed is None or not isinstance(kline, dict) or "x" not in kline:
             return
         symbol = self.safe_symbol(kline.get("s"), None, None, "spot")  # type: ignore[attr-defined]
-        if symbol is None or kline.get("t") is None:
-            return
+        minute = kline.get("t")
+        if symbol is None or isinstance(minute, bool) or not isinstance(minute, int):
+            return  # a kline without a usable time: its candle is refused by validation
         flags = self.kline_closed.setdefault(symbol, {})
-        flags[int(kline["t"])] = bool(kline["x"])
+        flags[minute] = kline["x"] is True
         if len(flags) > 16:  # keep the last few minutes only
             for ts in sorted(flags)[:-8]:
                 del flags[ts]
@@ -339,6 +446,13 @@ def _pro_class(name: str) -> Any:
 
     base = getattr(ccxt.pro, name)
     return type(f"{name}_ohlcv", (_ProHooks, base), {})
+
+
+def _rest_class(name: str) -> Any:
+    import ccxt.async_support as ccxt_async
+
+    base = getattr(ccxt_async, name)
+    return type(f"{name}_ohlcv_rest", (_ParseHooks, base), {})
 
 
 class _OhlcvState:
@@ -357,7 +471,7 @@ class _OhlcvState:
 class CcxtExchange:
     """ports.ExchangeClient over ccxt: ``async with CcxtExchange(spec, simulator=url) as ex: ...``."""
 
-    def __init__(self, spec: ExchangeSpec, simulator: str | None = None) -> None:
+    def __init__(self, spec: ExchangeSpec, simulator: str | None = None, rejects: RejectSink | None = None) -> None:
         check_exchange_supported(spec.name)
         self.spec = spec
         self.name = spec.name
@@ -366,6 +480,8 @@ class CcxtExchange:
         self.config = build_config(spec.name, spec.params, simulator)
         self.malformed_frames = 0
         self.disconnects = 0  # websocket errors and closes seen (each means live data may be missing)
+        self.rejects = rejects  # where refused rows go (the worker's reject book)
+        self.rejected = 0  # rows refused by validation (REST and websocket)
         self.log = Log("fullon.adapters.ccxt", exchange=spec.name)
         self._rest: Any = None
         self._pro: Any = None
@@ -382,10 +498,8 @@ class CcxtExchange:
     # ---- lifecycle
 
     async def __aenter__(self) -> CcxtExchange:
-        import ccxt.async_support as ccxt_async
-
         try:
-            self._rest = getattr(ccxt_async, self.name)(_deep_merge({}, self.config))
+            self._rest = _rest_class(self.name)(_deep_merge({}, self.config))
             self._pro = _pro_class(self.name)(_deep_merge({}, self.config))
         except Exception as exc:
             await self.close()
@@ -451,7 +565,8 @@ class CcxtExchange:
     async def fetch_trades(self, symbol: str, since: int, limit: int | None = None) -> list[Trade]:
         """One page of trades at or after ``since`` (ms, inclusive), sorted by (ts, id).
 
-        ``[]`` only when no trade exists between ``since`` and now.
+        ``[]`` only when no valid trade exists between ``since`` and now: a page whose every row was
+        refused is followed by the next one (the exchange's own cursor moves past refused rows).
         """
         await self._market(symbol)
         limit = limit or DEFAULT_PAGE.get(self.name)
@@ -466,29 +581,57 @@ class CcxtExchange:
             raise classify(exc) from exc
         return page
 
-    def _parse_page(self, raw: list[dict[str, Any]], since: int) -> list[Trade]:
-        return sort_trades([to_trade(t) for t in raw if t.get("timestamp") is None or t["timestamp"] >= since])
+    async def _rest_trades(self, symbol: str, since: int | None, limit: int | None,
+                           params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every trade row of one REST response as ccxt parsed it, in wire order (see _ParseHooks)."""
+        rest, _ = self._clients()
+        tap: list[dict[str, Any]] = []
+        token = _TRADE_TAP.set(tap)
+        try:
+            await rest.fetch_trades(symbol, since, limit, params)
+        except Exception:
+            if not tap:
+                raise
+            # ccxt parsed the rows, then failed on them as a whole (a row without a timestamp breaks its
+            # sort): the rows are judged one by one here instead
+        finally:
+            _TRADE_TAP.reset(token)
+        return tap
+
+    def _take_trades(self, symbol: str, raw: list[dict[str, Any]], since: int) -> list[Trade]:
+        """The valid trades of ``raw`` at or after ``since``, sorted; the invalid ones go to the reject sink."""
+        now = now_ms()
+        page: list[Trade] = []
+        refused: list[Reject] = []
+        for row in raw:
+            got = trade_or_reject(row, now)
+            if isinstance(got, Reject):
+                refused.append(got)
+            elif got.ts >= since:
+                page.append(got)
+        self._reject(symbol, refused)
+        return sort_trades(page)
 
     async def _plain_trades(self, symbol: str, since: int, limit: int | None) -> list[Trade]:
-        rest, _ = self._clients()
         params: dict[str, Any] = {}
         if self.name == "kraken":
             params["since"] = str(since * 1_000_000 - 1)  # a ns cursor: the page starts at `since` exactly
-        raw = await rest.fetch_trades(symbol, since, limit, params)
-        page = self._parse_page(raw, since)
+        raw = await self._rest_trades(symbol, since, limit, params)
+        page = self._take_trades(symbol, raw, since)
         if self.name == "kraken":
-            for _ in range(_MAX_EXTEND):  # a full page inside the `since` ms: follow Kraken's cursor
-                if not page or page[-1].ts != since or len(raw) < (limit or KRAKEN_PAGE):
+            # a full page with no valid trade after the `since` ms (all in that ms, or refused): follow
+            # Kraken's cursor, which is past every row of the page, refused ones included
+            for _ in range(_MAX_EXTEND):
+                if len(raw) < (limit or KRAKEN_PAGE) or (page and page[-1].ts > since):
                     break
                 info = raw[-1].get("info")
                 cursor = info[-1] if isinstance(info, list) and len(info) > 7 else None
                 if cursor is None:
                     break
-                raw = await rest.fetch_trades(symbol, since, limit, {"since": str(cursor)})
-                more = self._parse_page(raw, since)
-                if not more:
+                raw = await self._rest_trades(symbol, since, limit, {"since": str(cursor)})
+                if not raw:
                     break
-                page = self._merge(page, more)
+                page = self._merge(page, self._take_trades(symbol, raw, since))
         return page
 
     @staticmethod
@@ -497,41 +640,104 @@ class CcxtExchange:
         return sort_trades(page + [t for t in more if t.id not in seen])
 
     async def _binance_trades(self, symbol: str, since: int, limit: int | None) -> list[Trade]:
-        rest, _ = self._clients()
+        full = limit or 500
         start, page = since, list[Trade]()
         while True:
-            raw = await rest.fetch_trades(symbol, start, limit)  # aggTrades, [start, start + 1 h]
-            page = self._merge(page, self._parse_page(raw, since))
+            raw = await self._rest_trades(symbol, start, limit, {})  # aggTrades, [start, start + 1 h]
+            page = self._merge(page, self._take_trades(symbol, raw, since))
             # Step to the next hour while the window held everything it had (not a full page) and
             # nothing after the `since` millisecond: otherwise a (ts, id) cursor could not move on.
-            if len(raw) >= (limit or 500) or (page and page[-1].ts > since) or start + HOUR_MS >= now_ms():
+            if len(raw) >= full or (page and page[-1].ts > since) or start + HOUR_MS >= now_ms():
                 break
             start += HOUR_MS + 1
-        for _ in range(_MAX_EXTEND):  # a full page inside the `since` ms: continue by aggregate id
-            if not page or page[-1].ts != since or not page[-1].id.isdigit() or len(raw) < (limit or 500):
+        # a full page with no valid trade after the `since` ms (all in that ms, or refused): continue by
+        # aggregate id past every row the page held, refused ones included
+        for _ in range(_MAX_EXTEND):
+            if len(raw) < full or (page and page[-1].ts > since):
                 break
-            raw = await rest.fetch_trades(symbol, None, limit, {"fromId": int(page[-1].id) + 1})
-            more = self._parse_page(raw, since)
-            if not more:
+            ids = [int(r["id"]) for r in raw if isinstance(r.get("id"), str) and _numeric(r["id"])]
+            if not ids:
                 break
-            page = self._merge(page, more)
+            raw = await self._rest_trades(symbol, None, limit, {"fromId": max(ids) + 1})
+            if not raw:
+                break
+            page = self._merge(page, self._take_trades(symbol, raw, since))
         return page
 
     async def fetch_ohlcv(self, symbol: str, since: int, limit: int | None = None) -> list[Candle]:
-        """One page of 1m candles from ``since``; a minute not yet closed comes back ``final=False``."""
+        """One page of 1m candles from ``since``; a minute not yet closed comes back ``final=False``.
+
+        ``[]`` only when no valid candle exists from ``since`` on: a page whose every row was refused
+        is followed by the next one.
+        """
         await self._market(symbol)
-        rest, _ = self._clients()
         limit = limit or DEFAULT_PAGE.get(self.name)
+        start = since
+        candles: list[Candle] = []
         try:
-            rows = await rest.fetch_ohlcv(symbol, "1m", since, limit)
-            now = now_ms()
-            candles = [to_candle(r, now) for r in rows if r and r[0] is not None and r[0] >= since]
+            for _ in range(_MAX_EXTEND):
+                raw = await self._rest_ohlcv(symbol, start, limit)
+                candles, reached = self._take_candles(symbol, raw, since)
+                if candles or reached is None or reached < start:
+                    break
+                start = reached + MINUTE_MS  # every row was refused: ask again past the last one
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise classify(exc) from exc
-        candles.sort(key=lambda c: c.ts)
         return candles
+
+    async def _rest_ohlcv(self, symbol: str, since: int, limit: int | None) -> list[tuple[list[Any], Any, str | None]]:
+        """Every candle row of one REST response: (as ccxt parsed it, as the exchange sent it, parse error)."""
+        rest, _ = self._clients()
+        tap: list[tuple[list[Any], Any, str | None]] = []
+        token = _OHLCV_TAP.set(tap)
+        try:
+            await rest.fetch_ohlcv(symbol, "1m", since, limit)
+        except Exception:
+            if not tap:
+                raise
+            # parsed, then failed as a whole (see _rest_trades): the rows are judged one by one here
+        finally:
+            _OHLCV_TAP.reset(token)
+        return tap
+
+    def _take_candles(self, symbol: str, raw: list[tuple[list[Any], Any, str | None]],
+                      since: int) -> tuple[list[Candle], int | None]:
+        """The valid candles of ``raw`` from ``since``, sorted (the invalid ones go to the reject sink), and
+        the newest plausible minute the page held (refused rows included)."""
+        now = now_ms()
+        candles: list[Candle] = []
+        refused: list[Reject] = []
+        reached: int | None = None
+        for parsed, wire, error in raw:
+            ts = parsed[0] if isinstance(parsed, list) and parsed else None
+            if isinstance(ts, int) and not isinstance(ts, bool) and ts <= now + MAX_AHEAD_MS:
+                reached = ts if reached is None else max(reached, ts)
+            if error:
+                values = {"info": wire, "ts": ts}
+                refused.append(candle_reject(values, f"unparseable: {error}", now))
+                continue
+            final = isinstance(ts, int) and ts + MINUTE_MS <= now
+            got = candle_or_reject(parsed, final, now, wire)
+            if isinstance(got, Reject):
+                refused.append(got)
+            elif got.ts >= since:
+                candles.append(got)
+        self._reject(symbol, refused)
+        candles.sort(key=lambda c: c.ts)
+        return candles, reached
+
+    def _reject(self, symbol: str, refused: Sequence[Reject]) -> None:
+        if not refused:
+            return
+        self.rejected += len(refused)
+        if self.rejects is not None:
+            self.rejects.reject(symbol, refused)
+        elif self.rejected <= 5 or self.rejected % 100 == 0:
+            first = refused[0]
+            self.log.warning("row refused", symbol=symbol, kind=first.kind, ref=first.ref, reason=first.reason,
+                             raw=first.raw, rejected=self.rejected)
 
     # ---- websocket
 
@@ -574,13 +780,11 @@ class CcxtExchange:
             if len(pending) >= MAX_PENDING_TRADES:
                 self._overflowed += 1
                 return
-            try:
-                trade = to_trade(raw)
-            except (ValueError, TypeError) as exc:
-                # keep ccxt's loop over the frame going; the next watch call reports it once
-                self._bad_data(exc)
+            got = trade_or_reject(raw, now_ms())
+            if isinstance(got, Reject):
+                self._reject(symbol, [got])  # refused, not missing: no catch-up is needed for it
                 return
-            pending.append((symbol, trade))
+            pending.append((symbol, got))
 
         return sink
 
@@ -640,9 +844,15 @@ class CcxtExchange:
         try:
             rows = await pro.watch_ohlcv(symbol, "1m")
             latest: dict[int, Candle] = {}  # one version per minute: the last (a final one comes last)
+            refused: list[Any] = []
             for row in rows:
-                for candle in self._live_candle(symbol, state, row):
+                out = self._live_candle(symbol, state, row)
+                if not out:
+                    refused.append(row)
+                for candle in out:
                     latest[candle.ts] = candle
+            if refused:
+                self._evict_candles(symbol, refused)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -651,8 +861,27 @@ class CcxtExchange:
             raise classify(exc) from exc
         return [latest[ts] for ts in sorted(latest)]
 
+    def _evict_candles(self, symbol: str, rows: list[Any]) -> None:
+        """Drop refused rows from ccxt's candle cache. A row with no usable time stays last in that cache
+        and ccxt would hand it back, alone, on every update until the next minute starts."""
+        cache = ((getattr(self._pro, "ohlcvs", None) or {}).get(symbol) or {}).get("1m")
+        queue, index = getattr(cache, "_deque", None), getattr(cache, "hashmap", None)
+        if not isinstance(queue, collections.deque) or not isinstance(index, dict):
+            return
+        for row in rows:
+            for i, kept in enumerate(queue):
+                if kept is row:
+                    del queue[i]
+                    break
+            key = row[0] if isinstance(row, list) and row else None
+            if index.get(key) is row:
+                del index[key]
+
     def _live_candle(self, symbol: str, state: _OhlcvState, row: Sequence[Any]) -> list[Candle]:
-        candle = to_candle(row, 0)  # final=True for now; decided below
+        candle = candle_or_reject(row, True, now_ms())  # final=True for now; decided below
+        if isinstance(candle, Reject):
+            self._reject(symbol, [candle])  # never moves the stream's newest minute
+            return []
         ts = candle.ts
         closed = self._kline_closed.get(symbol, {}).get(ts, False)
         out: list[Candle] = []

@@ -10,7 +10,8 @@ transaction, so a batch is stored whole or not at all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -21,20 +22,22 @@ from fullon_ohlcv_service.adapters.stores import (
     compute_gaps,
     dedupe_candles,
     first_minute,
+    reject_rows,
     require_ids,
 )
-from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreUnavailable
+from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreDataError, StoreUnavailable
 from fullon_ohlcv_service.identifiers import (
     candles_table,
     coverage_table,
     qualified,
     quote_ident,
+    rejects_table,
     schema_name,
     symbol_table_base,
     trades_table,
 )
 from fullon_ohlcv_service.log import Log
-from fullon_ohlcv_service.models import Candle, Side, Trade
+from fullon_ohlcv_service.models import Candle, Reject, RejectKind, Side, Trade
 from fullon_ohlcv_service.settings import redact_url
 from fullon_ohlcv_service.timeutil import datetime_to_ms, ms_to_datetime
 
@@ -58,19 +61,36 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # the server is there but cannot finish this now: deadlock/serialization (40), disk full or out of
+    # memory (53), a lock not available (55P03), cancelled or shutting down (57), an I/O error (58)
+    asyncpg.TransactionRollbackError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.PostgresSystemError,
 )
+# Errors about the values of a batch: a data exception (22, e.g. NUL in text, a number out of range),
+# a constraint (23), a value too large for an index (54). The same rows fail again: the writer isolates them.
+_DATA: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+# What asyncpg (or our own conversion) raises, before the server sees it, for a value it cannot encode.
+_ENCODE = (UnicodeError, TypeError, OverflowError, ValueError)
 
 
 class _Names:
     """Quoted, schema-qualified names for one symbol's tables and indexes."""
 
-    __slots__ = ("base", "candles", "coverage", "trades")
+    __slots__ = ("base", "candles", "coverage", "rejects", "trades")
 
     def __init__(self, exchange: str, symbol: str) -> None:
         self.base = symbol_table_base(symbol)
         self.trades = qualified(exchange, trades_table(symbol))
         self.candles = qualified(exchange, candles_table(symbol))
         self.coverage = qualified(exchange, coverage_table(symbol))
+        self.rejects = qualified(exchange, rejects_table(symbol))
 
 
 async def _setup_connection(conn: asyncpg.Connection) -> None:
@@ -163,8 +183,10 @@ class PostgresOhlcvStore:
             raise StoreUnavailable(
                 f"PostgreSQL store {self._where}: {type(exc).__name__}: {_clean(exc, self._url)}"
             ) from exc
+        except _DATA as exc:
+            raise StoreDataError(f"PostgreSQL store {self._where}: {type(exc).__name__}: {_one_line(exc)}") from exc
         except asyncpg.PostgresError as exc:
-            # constraint or data errors: the same batch would fail again
+            # anything else the server refuses (a missing object, a privilege): not about the rows
             raise PermanentError(f"PostgreSQL store {self._where}: {type(exc).__name__}: {exc}") from exc
 
     # ---- schema ----------------------------------------------------------------------------
@@ -184,6 +206,8 @@ class PostgresOhlcvStore:
             " low float8 NOT NULL, close float8 NOT NULL, vol float8 NOT NULL, final bool NOT NULL DEFAULT true)",
             f"ALTER TABLE {n.candles} ADD COLUMN IF NOT EXISTS final bool NOT NULL DEFAULT true",
             f"CREATE TABLE IF NOT EXISTS {n.coverage} (start_ms bigint PRIMARY KEY, end_ms bigint NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {n.rejects} (kind text NOT NULL, ref text NOT NULL, reason text NOT NULL,"
+            " raw text NOT NULL, seen_ms bigint NOT NULL, PRIMARY KEY (kind, ref, reason))",
             f'CREATE INDEX IF NOT EXISTS {quote_ident(b + "_tts")} ON {n.trades} ("timestamp", trade_id)',
         ]
 
@@ -233,13 +257,15 @@ class PostgresOhlcvStore:
             return 0
         n = self._n(symbol)
         require_ids(symbol, trades)
-        records = [(ms_to_datetime(t.ts), t.price, t.amount, t.side, t.type, t.id) for t in trades]
+        with _encoding(symbol):
+            records = [(ms_to_datetime(t.ts), t.price, t.amount, t.side, t.type, t.id) for t in trades]
         cols = ", ".join(f'"{c}"' for c in _TRADE_COLS)
         sql = f"INSERT INTO {n.trades} ({cols}) SELECT {cols} FROM {_STAGE_TRADES} ON CONFLICT DO NOTHING"
 
         async def run(conn: asyncpg.Connection) -> int:
             async with conn.transaction():
-                await conn.copy_records_to_table(_STAGE_TRADES, records=records, columns=_TRADE_COLS)
+                with _encoding(symbol):
+                    await conn.copy_records_to_table(_STAGE_TRADES, records=records, columns=_TRADE_COLS)
                 return _rows(await conn.execute(sql))
 
         return await self._with_conn(run)
@@ -302,9 +328,11 @@ class PostgresOhlcvStore:
         if not candles:
             return 0
         n = self._n(symbol)
-        records = [
-            (ms_to_datetime(c.ts), c.open, c.high, c.low, c.close, c.volume, c.final) for c in dedupe_candles(candles)
-        ]
+        with _encoding(symbol):
+            records = [
+                (ms_to_datetime(c.ts), c.open, c.high, c.low, c.close, c.volume, c.final)
+                for c in dedupe_candles(candles)
+            ]
         cols = ", ".join(f'"{c}"' for c in _CANDLE_COLS)
         sql = (
             f"INSERT INTO {n.candles} AS tbl ({cols}) SELECT {cols} FROM {_STAGE_CANDLES}"
@@ -318,7 +346,8 @@ class PostgresOhlcvStore:
 
         async def run(conn: asyncpg.Connection) -> int:
             async with conn.transaction():
-                await conn.copy_records_to_table(_STAGE_CANDLES, records=records, columns=_CANDLE_COLS)
+                with _encoding(symbol):
+                    await conn.copy_records_to_table(_STAGE_CANDLES, records=records, columns=_CANDLE_COLS)
                 return _rows(await conn.execute(sql))
 
         return await self._with_conn(run)
@@ -353,6 +382,38 @@ class PostgresOhlcvStore:
         sql = f'SELECT {_SEL_CANDLE} FROM {self._n(symbol).candles}{where} ORDER BY "timestamp"'
         async for r in self._stream(sql, args):
             yield _candle(r)
+
+    # ---- rejects ---------------------------------------------------------------------------
+    async def save_rejects(self, symbol: str, rejects: Sequence[Reject]) -> int:
+        if not rejects:
+            return 0
+        cols = list(zip(*reject_rows(rejects), strict=True))
+        sql = (
+            f"INSERT INTO {self._n(symbol).rejects} (kind, ref, reason, raw, seen_ms)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])"
+            " ON CONFLICT (kind, ref, reason) DO NOTHING"
+        )
+
+        async def run(conn: asyncpg.Connection) -> int:
+            with _encoding(symbol):
+                return _rows(await conn.execute(sql, *(list(c) for c in cols)))
+
+        return await self._with_conn(run)
+
+    async def count_rejects(self, symbol: str) -> int:
+        sql = f"SELECT count(*) FROM {self._n(symbol).rejects}"
+        return int(await self._with_conn(lambda conn: conn.fetchval(sql)))
+
+    async def load_rejects(self, symbol: str) -> list[Reject]:
+        sql = (
+            f"SELECT kind, ref, reason, raw, seen_ms FROM {self._n(symbol).rejects}"
+            " ORDER BY seen_ms, kind, ref, reason"
+        )
+
+        async def run(conn: asyncpg.Connection) -> list[Reject]:
+            return [Reject(_kind(r[0]), r[1], r[2], r[3], int(r[4])) for r in await conn.fetch(sql)]
+
+        return await self._with_conn(run)
 
     # ---- coverage and gaps -----------------------------------------------------------------
     async def add_coverage(self, symbol: str, start: int, end: int) -> None:
@@ -408,8 +469,27 @@ def _candle(r: Sequence[Any]) -> Candle:
     )
 
 
+def _kind(value: str) -> RejectKind:
+    return "candle" if value == "candle" else "trade"
+
+
 def _side(value: str) -> Side:
     return "sell" if value == "sell" else "buy"
+
+
+@contextlib.contextmanager
+def _encoding(symbol: str) -> Iterator[None]:
+    """Values that cannot be converted or encoded (a time past year 9999, a lone surrogate, a str for a
+    float) are a StoreDataError of the batch, like the server's own data errors."""
+    try:
+        yield
+    except _ENCODE as exc:
+        raise StoreDataError(f"{symbol}: a value cannot be stored: {type(exc).__name__}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _rows(status: str) -> int:

@@ -22,30 +22,41 @@ from fullon_ohlcv_service.adapters.stores import (
     compute_gaps,
     dedupe_candles,
     first_minute,
+    reject_rows,
     require_ids,
 )
-from fullon_ohlcv_service.errors import PermanentError, StoreUnavailable
+from fullon_ohlcv_service.errors import PermanentError, StoreDataError, StoreUnavailable
 from fullon_ohlcv_service.identifiers import (
     candles_table,
     coverage_table,
     qualified,
     quote_ident,
+    rejects_table,
     schema_name,
     symbol_table_base,
     trades_table,
 )
 from fullon_ohlcv_service.log import Log
-from fullon_ohlcv_service.models import Candle, Side, Trade
+from fullon_ohlcv_service.models import Candle, Reject, RejectKind, Side, Trade
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
+# Errors about the values of a batch (the same rows fail again; the writer isolates them): a constraint
+# (NaN is bound as NULL and breaks NOT NULL), an integer past 64 bits, text that is not encodable.
+_DATA: tuple[type[BaseException], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    OverflowError,
+    UnicodeError,
+)
 
 
 class _Names:
     """Quoted, schema-qualified names for one symbol's tables and indexes."""
 
-    __slots__ = ("base", "candles", "coverage", "trades", "trades_bare")
+    __slots__ = ("base", "candles", "coverage", "rejects", "trades", "trades_bare")
 
     def __init__(self, exchange: str, symbol: str) -> None:
         self.base = symbol_table_base(symbol)
@@ -53,6 +64,7 @@ class _Names:
         self.trades = qualified(exchange, self.trades_bare)
         self.candles = qualified(exchange, candles_table(symbol))
         self.coverage = qualified(exchange, coverage_table(symbol))
+        self.rejects = qualified(exchange, rejects_table(symbol))
 
 
 class SqliteOhlcvStore:
@@ -129,6 +141,12 @@ class SqliteOhlcvStore:
                         f"{self.exchange}: a symbol's tables do not exist ({exc}); call init_symbol first"
                     ) from exc
                 raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+            except _DATA as exc:
+                raise StoreDataError(f"SQLite store {self.path}: {type(exc).__name__}: {exc}") from exc
+            except sqlite3.ProgrammingError as exc:
+                if "binding parameter" in str(exc):  # a value of a type SQLite cannot store
+                    raise StoreDataError(f"SQLite store {self.path}: {exc}") from exc
+                raise PermanentError(f"SQLite store {self.path}: {exc}") from exc
             except sqlite3.Error as exc:
                 raise PermanentError(f"SQLite store {self.path}: {exc}") from exc
 
@@ -168,6 +186,9 @@ class SqliteOhlcvStore:
             " timestamp INTEGER PRIMARY KEY, open REAL NOT NULL, high REAL NOT NULL, low REAL NOT NULL,"
             " close REAL NOT NULL, vol REAL NOT NULL, final INTEGER NOT NULL DEFAULT 1)",
             f"CREATE TABLE IF NOT EXISTS {n.coverage} (start_ms INTEGER NOT NULL PRIMARY KEY, end_ms INTEGER NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {n.rejects} ("
+            " kind TEXT NOT NULL, ref TEXT NOT NULL, reason TEXT NOT NULL, raw TEXT NOT NULL,"
+            " seen_ms INTEGER NOT NULL, PRIMARY KEY (kind, ref, reason)) WITHOUT ROWID",
         ]
 
         def run(conn: sqlite3.Connection) -> None:
@@ -316,6 +337,36 @@ class SqliteOhlcvStore:
             a = (page[-1][0], *up_args, FETCH_ROWS)
             page = await self._run(lambda conn, a=a: conn.execute(nxt, a).fetchall())  # type: ignore[misc]
 
+    # ---- rejects ---------------------------------------------------------------------------
+    async def save_rejects(self, symbol: str, rejects: Sequence[Reject]) -> int:
+        if not rejects:
+            return 0
+        sql = (
+            f"INSERT INTO {self._n(symbol).rejects} (kind, ref, reason, raw, seen_ms) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (kind, ref, reason) DO NOTHING"
+        )
+        rows = reject_rows(rejects)
+
+        def run(conn: sqlite3.Connection) -> int:
+            return self._write(conn, lambda: conn.executemany(sql, rows).rowcount)
+
+        return await self._run(run)
+
+    async def count_rejects(self, symbol: str) -> int:
+        sql = f"SELECT count(*) FROM {self._n(symbol).rejects}"
+        return await self._run(lambda conn: int(conn.execute(sql).fetchone()[0]))
+
+    async def load_rejects(self, symbol: str) -> list[Reject]:
+        sql = (
+            f"SELECT kind, ref, reason, raw, seen_ms FROM {self._n(symbol).rejects}"
+            " ORDER BY seen_ms, kind, ref, reason"
+        )
+
+        def run(conn: sqlite3.Connection) -> list[Reject]:
+            return [Reject(_kind(r[0]), r[1], r[2], r[3], int(r[4])) for r in conn.execute(sql).fetchall()]
+
+        return await self._run(run)
+
     # ---- coverage and gaps -----------------------------------------------------------------
     async def add_coverage(self, symbol: str, start: int, end: int) -> None:
         if end <= start:
@@ -364,6 +415,10 @@ _CANDLE_COLS = "timestamp, open, high, low, close, vol, final"
 
 def _candle(r: Sequence[Any]) -> Candle:
     return Candle(ts=r[0], open=r[1], high=r[2], low=r[3], close=r[4], volume=r[5], final=bool(r[6]))
+
+
+def _kind(value: str) -> RejectKind:
+    return "candle" if value == "candle" else "trade"
 
 
 def _side(value: str) -> Side:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from fullon_ohlcv_service.errors import ConfigError, PermanentError
+from fullon_ohlcv_service.errors import ConfigError, StoreDataError
 from fullon_ohlcv_service.identifiers import validate_exchange
-from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.ports import OhlcvStore
 from fullon_ohlcv_service.settings import StoreURL
 from fullon_ohlcv_service.timeutil import MINUTE_MS
@@ -61,7 +61,25 @@ def require_ids(symbol: str, trades: Sequence[Trade]) -> None:
     """Refuse a batch holding a trade without an id: dedup on the id would silently drop it."""
     for t in trades:
         if not t.id:
-            raise PermanentError(f"{symbol}: trade at {t.ts} has no trade id; the batch was not stored")
+            raise StoreDataError(f"{symbol}: trade at {t.ts} has no trade id; the batch was not stored")
+
+
+def storable_text(text: str) -> str:
+    """``text`` as both stores can hold it: NUL and unpaired surrogates escaped (PostgreSQL refuses
+    NUL in text; neither driver encodes a lone surrogate). Clean text is returned unchanged."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def reject_rows(rejects: Sequence[Reject]) -> list[tuple[str, str, str, str, int]]:
+    """(kind, ref, reason, raw, seen_ms) rows of ``rejects``, their text made storable."""
+    return [(r.kind, storable_text(r.ref), storable_text(r.reason), storable_text(r.raw), int(r.seen_ms))
+            for r in rejects]
 
 
 def first_minute(since: int) -> int:

@@ -1,17 +1,26 @@
-"""BatchWriter: one bounded, ordered write queue per store, flushed by size or interval, retried, never dropped."""
+"""BatchWriter: one bounded, ordered write queue per store, flushed by size or interval, retried, never dropped.
+
+A row the store refuses (a StoreDataError) is isolated by bisecting its batch and quarantined in the
+reject store; the rest of the batch is committed. Only a store that is unavailable is retried.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
-from fullon_ohlcv_service.errors import TransientError
+from fullon_ohlcv_service.collectors.rejects import RejectBook
+from fullon_ohlcv_service.errors import PermanentError, StoreDataError, TransientError
 from fullon_ohlcv_service.log import Log
-from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.models import Candle, Reject, Trade
+from fullon_ohlcv_service.timeutil import now_ms
+from fullon_ohlcv_service.validation import candle_reject, candle_values, trade_reject, trade_values
+
+R = TypeVar("R")
 
 
 class WriteTarget(Protocol):
@@ -22,6 +31,8 @@ class WriteTarget(Protocol):
     async def save_candles(self, symbol: str, candles: Sequence[Candle]) -> int: ...
 
     async def add_coverage(self, symbol: str, start: int, end: int) -> None: ...
+
+    async def save_rejects(self, symbol: str, rejects: Sequence[Reject]) -> int: ...
 
 
 @dataclass(slots=True)
@@ -36,7 +47,7 @@ class SymbolStats:
 
 
 # One queued operation: (kind, symbol, payload, rows, seq, enqueued_at)
-_TRADES, _CANDLES, _COVERAGE = 0, 1, 2
+_TRADES, _CANDLES, _COVERAGE, _REJECTS = 0, 1, 2, 3
 
 
 @dataclass(slots=True)
@@ -60,6 +71,14 @@ class BatchWriter:
       is ever dropped). A single put larger than the buffer is accepted when the queue is empty.
     - A failed write (the database is down) is retried with capped exponential backoff; the batch
       stays queued. ``failing`` and ``behind`` report it for the heartbeat.
+    - A StoreDataError (the store refuses some values) is permanent for those rows only: the batch is
+      bisected, each row that fails alone is quarantined (``rejects``, reason naming the store error)
+      and everything else is committed, at once, in the same order. A PermanentError that is not about
+      rows (a symbol's tables are gone, a corrupt file) is retried like an unavailable store. Any other,
+      unclassified exception is retried ``unclassified_attempts`` times and then handled like a
+      StoreDataError, so no single row can stop the queue.
+    - Rejects (``put_rejects``) go through the same queue, without ever waiting for room: at most
+      ``max_queued_rejects`` rows of them are held; beyond that they are counted and logged only.
     """
 
     def __init__(
@@ -73,6 +92,9 @@ class BatchWriter:
         backoff_max: float = 5.0,
         backlog_factor: int = 10,
         log: Log | None = None,
+        rejects: RejectBook | None = None,
+        unclassified_attempts: int = 3,
+        max_queued_rejects: int = 10_000,
     ) -> None:
         self._store = store
         self.flush_rows = flush_rows
@@ -94,6 +116,13 @@ class BatchWriter:
         self.batches = 0
         self.stats: dict[str, SymbolStats] = {}
         self.last_error: str | None = None
+        self.unclassified_attempts = max(1, unclassified_attempts)
+        self.max_queued_rejects = max_queued_rejects
+        self._reject_rows = 0  # reject rows queued
+        self.rejects_dropped = 0  # rejects not queued (over max_queued_rejects) or refused by the store
+        self.quarantined = 0  # rows the store refused, moved to the reject store
+        self.rejects = rejects if rejects is not None else RejectBook(self._log)
+        self.rejects.attach(self.put_rejects)
 
     # ---- producer side -------------------------------------------------------------------
     @property
@@ -130,6 +159,23 @@ class BatchWriter:
             chunk = list(rows[i : i + step])
             waited += await self._put(kind, symbol, chunk, len(chunk))
         return waited
+
+    def put_rejects(self, symbol: str, rejects: Sequence[Reject]) -> None:
+        """Queue rows for the reject store now, never waiting for room (callers are inside parsing)."""
+        room = self.max_queued_rejects - self._reject_rows
+        if room < len(rejects):
+            self.rejects_dropped += len(rejects) - max(room, 0)
+            if self.rejects_dropped == len(rejects) - max(room, 0) or self.rejects_dropped % 1000 == 0:
+                self._log.warning("reject queue full; rejects counted but not stored", symbol=symbol,
+                                  dropped=self.rejects_dropped)
+            rejects = rejects[: max(room, 0)]
+        if not rejects:
+            return
+        self._seq += 1
+        self._queue.append(_Op(_REJECTS, symbol, list(rejects), len(rejects), self._seq, time.monotonic()))
+        self._rows += len(rejects)
+        self._reject_rows += len(rejects)
+        self._wake.set()
 
     async def put_coverage(self, symbol: str, start: int, end: int) -> float:
         if end <= start:
@@ -204,24 +250,38 @@ class BatchWriter:
             batch.append(op)
             rows += op.rows
         delay = self.backoff_initial
+        isolate = False  # bisect to single rows, quarantining those the store refuses
+        unclassified = 0
         while True:
             try:
-                await self._write(batch)
+                await self._write(batch, isolate)
                 break
             except TransientError as exc:
                 self._note_failure(exc, rows)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - never drop a batch; logged, counted, retried
+            except StoreDataError as exc:
+                self._log.warning("store refused rows of a batch; isolating them", rows=rows, error=str(exc))
+                isolate = True
+                continue
+            except PermanentError as exc:  # not about rows (tables gone, a corrupt file): like unavailable
+                self._note_failure(exc, rows)
+            except Exception as exc:  # noqa: BLE001 - unclassified: retried, then isolated; never wedges
+                unclassified += 1
                 self._note_failure(exc, rows, unexpected=True)
+                if unclassified >= self.unclassified_attempts and not isolate:
+                    isolate = True
+                    continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
         if self.failing:
             self._log.info("store writes recovered", rows=rows)
         self.failing = False
         self.batches += 1
-        for _ in batch:
+        for op in batch:
             self._queue.popleft()
+            if op.kind == _REJECTS:
+                self._reject_rows -= op.rows
         self._rows -= rows
         self._committed = batch[-1].seq
         self._progress.set()
@@ -236,10 +296,11 @@ class BatchWriter:
                 self._log.warning("store unavailable; retrying", rows=rows, depth=self._rows, error=str(exc))
         self.failing = True
 
-    async def _write(self, batch: list[_Op]) -> None:
+    async def _write(self, batch: list[_Op], isolate: bool = False) -> None:
         trades: dict[str, list[Trade]] = {}
         candles: dict[str, dict[int, Candle]] = {}
         coverage: dict[str, list[tuple[int, int]]] = {}
+        rejects: dict[str, list[Reject]] = {}
         for op in batch:
             if op.kind == _TRADES:
                 trades.setdefault(op.symbol, []).extend(cast(list[Trade], op.payload))
@@ -249,18 +310,21 @@ class BatchWriter:
                     old = slot.get(c.ts)
                     if old is None or c.final or not old.final:
                         slot[c.ts] = c
-            else:
+            elif op.kind == _COVERAGE:
                 coverage.setdefault(op.symbol, []).append(cast(tuple[int, int], op.payload))
+            else:
+                rejects.setdefault(op.symbol, []).extend(cast(list[Reject], op.payload))
         for symbol, ts in trades.items():
-            new = await self._store.save_trades(symbol, ts)
+            new, ts = await self._save(symbol, ts, self._store.save_trades, isolate, "trade")
             st = self.stats_for(symbol)
             st.trades_stored += new
-            last = max(t.ts for t in ts)
-            if st.last_trade_ms is None or last > st.last_trade_ms:
-                st.last_trade_ms = last
+            if ts:
+                last = max(t.ts for t in ts)
+                if st.last_trade_ms is None or last > st.last_trade_ms:
+                    st.last_trade_ms = last
         for symbol, by_ts in candles.items():
             rows = sorted(by_ts.values(), key=lambda c: c.ts)
-            changed = await self._store.save_candles(symbol, rows)
+            changed, rows = await self._save(symbol, rows, self._store.save_candles, isolate, "candle")
             st = self.stats_for(symbol)
             st.candles_stored += changed
             finals = [c.ts for c in rows if c.final]
@@ -268,10 +332,96 @@ class BatchWriter:
                 st.last_final_candle_ms = finals[-1]
         for symbol, spans in coverage.items():
             for start, end in _merge(spans):
-                await self._store.add_coverage(symbol, start, end)
+                if isolate:
+                    _, kept = await self._save(symbol, [(start, end)], self._add_coverage(symbol), True, None)
+                    if not kept:
+                        continue
+                else:
+                    await self._store.add_coverage(symbol, start, end)
                 st = self.stats_for(symbol)
                 if st.coverage_to is None or end > st.coverage_to:
                     st.coverage_to = end
+        for symbol, rs in rejects.items():
+            await self._save(symbol, rs, self._store.save_rejects, isolate, None)
+
+    def _add_coverage(self, symbol: str) -> Callable[[str, Sequence[tuple[int, int]]], Awaitable[int]]:
+        async def add(_: str, spans: Sequence[tuple[int, int]]) -> int:
+            for start, end in spans:
+                await self._store.add_coverage(symbol, start, end)
+            return len(spans)
+
+        return add
+
+    async def _save(
+        self,
+        symbol: str,
+        rows: list[R],
+        save: Callable[[str, Sequence[R]], Awaitable[int]],
+        isolate: bool,
+        kind: str | None,
+    ) -> tuple[int, list[R]]:
+        """``save(symbol, rows)``; with ``isolate``, bisect on a refusal: (count, the rows stored).
+
+        A row refused alone is quarantined as a reject of ``kind``; with ``kind`` None (coverage, or
+        rejects themselves) it is logged with its values and dropped.
+        """
+        if not isolate:
+            return await save(symbol, rows), rows
+        refused: list[tuple[R, BaseException]] = []
+        count = await self._bisect(symbol, rows, save, refused)
+        if not refused:
+            return count, rows
+        self._quarantine(symbol, kind, refused)
+        bad = {id(row) for row, _ in refused}
+        return count, [row for row in rows if id(row) not in bad]
+
+    async def _bisect(
+        self,
+        symbol: str,
+        rows: list[R],
+        save: Callable[[str, Sequence[R]], Awaitable[int]],
+        refused: list[tuple[R, BaseException]],
+    ) -> int:
+        try:
+            return await save(symbol, rows)
+        except (TransientError, asyncio.CancelledError):
+            raise  # the store went away meanwhile: the whole batch is retried
+        except PermanentError as exc:
+            if not isinstance(exc, StoreDataError):
+                raise  # not about rows
+            problem: BaseException = exc
+        except Exception as exc:  # noqa: BLE001 - unclassified, after retries: isolated like a data error
+            problem = exc
+        if len(rows) == 1:
+            refused.append((rows[0], problem))
+            return 0
+        mid = len(rows) // 2
+        return await self._bisect(symbol, rows[:mid], save, refused) + await self._bisect(
+            symbol, rows[mid:], save, refused)
+
+    def _quarantine(self, symbol: str, kind: str | None, refused: list[tuple[Any, BaseException]]) -> None:
+        now = now_ms()
+        out: list[Reject] = []
+        for row, exc in refused:
+            reason = _one_line(f"store refused: {type(exc).__name__}: {exc}")
+            if isinstance(row, Trade) and kind == "trade":
+                out.append(trade_reject(trade_values(row), reason, now))
+            elif isinstance(row, Candle) and kind == "candle":
+                out.append(candle_reject(candle_values(row), reason, now))
+            else:
+                self.rejects_dropped += 1
+                self._log.error("store refused a row that has no reject store; dropped", symbol=symbol,
+                                row=repr(row)[:500], error=reason)
+        if out:
+            self.quarantined += len(out)
+            self._log.warning("rows quarantined: the store refused them", symbol=symbol, rows=len(out),
+                              error=out[0].reason)
+            self.rejects.reject(symbol, out)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

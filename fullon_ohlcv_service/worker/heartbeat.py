@@ -26,6 +26,7 @@ class SymbolBeat:
     candles_stored: int = 0
     backfill_pct: float = 0.0
     error: str | None = None
+    rejected: int = 0  # rows refused by validation or quarantined by the writer (this worker's life)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +36,7 @@ class SymbolBeat:
             "candles_stored": self.candles_stored,
             "backfill_pct": self.backfill_pct,
             "error": self.error,
+            "rejected": self.rejected,
         }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fullon_ohlcv_service.collectors.ohlcv import CandleCollector
+from fullon_ohlcv_service.collectors.rejects import RejectBook
 from fullon_ohlcv_service.collectors.trades import SilencePolicy, TradeCollector
 from fullon_ohlcv_service.collectors.writer import BatchWriter
 from fullon_ohlcv_service.errors import (
@@ -71,6 +72,8 @@ class WorkerRuntime:
         self.writer: BatchWriter | None = None
         self.lag = LoopLag()
         self.heartbeat: Heartbeat | None = None
+        # refused rows from the exchange adapter and rows the writer quarantines: counted, logged, stored
+        self.rejects = RejectBook(self.log)
 
     # ---- entry ------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -146,7 +149,7 @@ class WorkerRuntime:
             return self._open_client(self.spec, self.settings.simulator)
         from fullon_ohlcv_service.adapters.ccxt_exchange import CcxtExchange
 
-        return CcxtExchange(self.spec, simulator=self.settings.simulator)
+        return CcxtExchange(self.spec, simulator=self.settings.simulator, rejects=self.rejects)
 
     def _boot_params(self) -> dict[str, object]:
         return {"pid": os.getpid(), "exchange": self.spec.name, "started_ms": self.started_ms, "state": "starting",
@@ -185,7 +188,7 @@ class WorkerRuntime:
                 self.log.error("symbol not listed by the exchange", symbol=sp.symbol)
         writer = self.writer = BatchWriter(
             store, flush_rows=s.flush_rows, flush_interval=s.flush_interval, buffer_rows=s.buffer_rows,
-            backoff_max=min(5.0, s.backoff_max), log=self.log,
+            backoff_max=min(5.0, s.backoff_max), log=self.log, rejects=self.rejects,
         )
         trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence)
         candles = self.candles = CandleCollector(trades, reconcile_every=t.reconcile_every, gap_every=t.gap_every)
@@ -327,6 +330,7 @@ class WorkerRuntime:
                     candles_stored=st.candles_stored if st else 0,
                     backfill_pct=run.backfill_pct,
                     error=run.error,
+                    rejected=self.rejects.counts.get(sym, 0),
                 )
         for sym, err in self.unknown.items():
             snap.symbols[sym] = SymbolBeat(error=err)

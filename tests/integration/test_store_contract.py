@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from fullon_ohlcv_service.adapters.stores import SqlOhlcvStore, compute_gaps, open_ohlcv_store
-from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreUnavailable
-from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreDataError, StoreUnavailable
+from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.settings import StoreURL, parse_store_url
 
 SYM = "BTC/USD"
@@ -188,6 +188,48 @@ def test_compute_gaps_rules(
     assert got == [(a * M, b * M) for a, b in expected]
 
 
+# ---- rejects ------------------------------------------------------------------------------------
+
+def reject(ref: str, reason: str = "price not finite", kind: str = "trade", seen: int = T0) -> Reject:
+    return Reject(kind=kind, ref=ref, reason=reason, raw=f'{{"id": "{ref}", "price": "nan"}}',  # type: ignore[arg-type]
+                  seen_ms=seen)
+
+
+async def test_rejects_are_idempotent_on_kind_ref_reason(store: SqlOhlcvStore) -> None:
+    assert await store.count_rejects(SYM) == 0 and await store.load_rejects(SYM) == []
+    first = [reject("7"), reject("7", "amount negative"), reject(str(T0), "high below open/close", "candle"),
+             reject("7", seen=T0 + 1)]  # the same (kind, ref, reason) twice in one batch
+    assert await store.save_rejects(SYM, first) == 3
+    # seen again later (a re-fetch after a restart): nothing new, the first sighting is kept
+    assert await store.save_rejects(SYM, [reject("7", seen=T0 + 5000), reject("8", seen=T0 + 10)]) == 1
+    assert await store.count_rejects(SYM) == 4
+    assert await store.load_rejects(SYM) == [
+        reject(str(T0), "high below open/close", "candle"), reject("7", "amount negative"), reject("7"),
+        reject("8", seen=T0 + 10),
+    ]
+    assert await store.count_trades(SYM) == 0 and await store.count_candles(SYM) == 0  # never in the data tables
+
+
+async def test_rejects_hold_any_text_the_exchange_sent(store: SqlOhlcvStore) -> None:
+    # PostgreSQL refuses NUL in text and neither driver encodes a lone surrogate: both are escaped, alike
+    odd = Reject("trade", "a\x00b\ud800", "store refused: \x00", '{"id": "a\\u0000b"}', T0)
+    assert await store.save_rejects(SYM, [odd, reject("ünï€ode")]) == 2
+    got = await store.load_rejects(SYM)
+    assert got[0] == Reject("trade", "a\\x00b\\ud800", "store refused: \\x00", '{"id": "a\\u0000b"}', T0)
+    assert got[1] == reject("ünï€ode")
+    assert await store.save_rejects(SYM, [odd]) == 0  # the escaped form is the key: still idempotent
+
+
+async def test_rejects_table_is_per_symbol_and_made_by_init_symbol(store: SqlOhlcvStore) -> None:
+    await store.save_rejects(SYM, [reject("1")])
+    await store.init_symbol(SYM)  # idempotent: keeps what is there
+    assert await store.count_rejects(SYM) == 1
+    with pytest.raises(PermanentError, match="init_symbol"):
+        await store.count_rejects("ETH/USD")
+    await store.init_symbol("ETH/USD")
+    assert await store.count_rejects("ETH/USD") == 0
+
+
 # ---- schema and names ---------------------------------------------------------------------------
 
 async def test_init_symbol_twice_keeps_data(store: SqlOhlcvStore) -> None:
@@ -250,14 +292,33 @@ async def test_unopenable_sqlite_is_store_unavailable(home: Path) -> None:
 async def test_a_failed_batch_is_not_half_applied(store: SqlOhlcvStore) -> None:
     good = [trade(i) for i in range(5)]
     bad = Trade(ts=T0, id="bad", price=1.0, amount=1.0, side="buy", type=None)  # type: ignore[arg-type]
-    with pytest.raises(PermanentError):  # a NOT NULL violation: retrying cannot help
+    with pytest.raises(StoreDataError):  # a NOT NULL violation: retrying cannot help
         await store.save_trades(SYM, [*good, bad])
     assert await store.count_trades(SYM) == 0
     assert await store.save_trades(SYM, good) == 5
 
 
+@pytest.mark.parametrize("bad", [
+    Trade(ts=2**63, id="huge", price=1.0, amount=1.0, side="buy"),  # past 64 bits / past year 9999
+    Trade(ts=T0, id="lone\ud800", price=1.0, amount=1.0, side="buy"),  # text no driver can encode
+    Candle(ts=2**63, open=1.0, high=1.0, low=1.0, close=1.0, volume=1.0),
+])
+async def test_values_a_store_refuses_are_a_store_data_error_and_it_stays_usable(
+        store: SqlOhlcvStore, bad: Trade | Candle) -> None:
+    # permanent for these rows, not for the store: the writer isolates them and goes on
+    with pytest.raises(StoreDataError):
+        if isinstance(bad, Trade):
+            await store.save_trades(SYM, [trade(1), bad])
+        else:
+            await store.save_candles(SYM, [candle(0), bad])
+    assert await store.count_trades(SYM) == 0 and await store.count_candles(SYM) == 0
+    for _ in range(3):  # every pooled connection is still usable
+        assert await store.save_trades(SYM, [trade(len(await all_trades(store)))]) == 1
+    assert await store.save_candles(SYM, [candle(0)]) == 1
+
+
 async def test_a_trade_without_id_fails_the_batch(store: SqlOhlcvStore) -> None:
-    with pytest.raises(PermanentError, match="no trade id"):
+    with pytest.raises(StoreDataError, match="no trade id"):
         await store.save_trades(SYM, [trade(1), Trade(ts=T0, id="", price=1.0, amount=1.0, side="buy")])
     assert await store.count_trades(SYM) == 0
 

@@ -25,7 +25,7 @@ def worker_params(pid: int, state: str = "running", *, ts: int = NOW - 2_000) ->
         "pid": pid, "exchange": "kraken", "started_ms": NOW - 120_000, "state": state,
         "symbols": {
             "BTC/USD": {"last_trade_ms": ts, "last_final_candle_ms": ts - 60_000, "trades_stored": 500,
-                        "candles_stored": 1440, "backfill_pct": 100.0, "error": None},
+                        "candles_stored": 1440, "backfill_pct": 100.0, "error": None, "rejected": 3},
             "ETH/USD": {"last_trade_ms": ts - 30_000, "last_final_candle_ms": None, "trades_stored": 10,
                         "candles_stored": 3, "backfill_pct": 42.5, "error": None},
         },
@@ -113,6 +113,12 @@ def test_cli_check_healthy_then_parked(cache_url: str, capsys: pytest.CaptureFix
                                 "DATA_AGE", "BACKFILL", "BUFFER", "LAST_ERROR"]
     assert lines[2].split()[:3] == ["kraken", "running", "111"]
     assert "BTC/USD" in out and "ETH/USD" in out and "42%" in out
+    header = next(line for line in lines if line.split()[:1] == ["SYMBOL"])
+    assert "REJECTED" in header.split()
+    btc = next(line for line in lines if line.split()[:1] == ["BTC/USD"]).split()
+    assert btc[header.split().index("REJECTED")] == "3"  # rows refused, per symbol
+    eth = next(line for line in lines if line.split()[:1] == ["ETH/USD"]).split()
+    assert eth[header.split().index("REJECTED")] == "-"  # a worker that does not report it
 
     _register(cache_url, {"kraken": sup_entry(111), "binance": sup_entry(None, "fatal", 20,
                                                                         "restart budget exhausted")},
@@ -125,6 +131,7 @@ def test_cli_check_healthy_then_parked(cache_url: str, capsys: pytest.CaptureFix
     assert data["healthy"] is False
     assert [e["exchange"] for e in data["exchanges"]] == ["binance", "kraken"]
     assert data["exchanges"][1]["symbol_rows"][0]["symbol"] == "BTC/USD"
+    assert data["exchanges"][1]["symbol_rows"][0]["rejected"] == 3
 
 
 def test_cli_check_without_supervisor_and_bad_flag(cache_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -236,8 +236,8 @@ async def test_live_buffer_overflow_is_a_transient_error(monkeypatch: pytest.Mon
         with pytest.raises(TransientError, match="overflowed, 3 trade"):
             await ex.watch_trades(["BTC/USD"])
         assert not ex._pending  # the caller catches up over REST from its own cursor
-        sink({"timestamp": 1, "id": "x", "price": None, "amount": 1.0, "side": "buy"})  # bad data: counted
-        assert ex.malformed_frames == 1 and not ex._pending
+        sink({"timestamp": 1, "id": "x", "price": None, "amount": 1.0, "side": "buy"})  # bad data: refused
+        assert ex.rejected == 1 and ex.malformed_frames == 0 and not ex._pending  # refused, not a lost frame
 
 
 async def test_tapped_cache_feeds_watch_trades_for_every_symbol() -> None:
@@ -245,8 +245,8 @@ async def test_tapped_cache_feeds_watch_trades_for_every_symbol() -> None:
         ex._markets = {"BTC/USD", "ETH/USD"}
         ex._tap(["BTC/USD", "ETH/USD"])
         for sym, tid in (("BTC/USD", "1"), ("ETH/USD", "2"), ("BTC/USD", "3")):
-            ex._pro.trades[sym].append({"symbol": sym, "timestamp": 5, "id": tid, "price": 2.0, "amount": 1.0,
-                                        "side": "sell", "type": "market"})
+            ex._pro.trades[sym].append({"symbol": sym, "timestamp": 1_700_000_000_005, "id": tid, "price": 2.0,
+                                        "amount": 1.0, "side": "sell", "type": "market"})
         ex._watched = frozenset({"BTC/USD", "ETH/USD"})
         got = await ex.watch_trades(["BTC/USD", "ETH/USD"])  # buffered: returns without waiting
         assert [(s, t.id) for s, t in got] == [("BTC/USD", "1"), ("ETH/USD", "2"), ("BTC/USD", "3")]

@@ -20,13 +20,13 @@ def snap(**kw: object) -> Snapshot:
 
 
 def test_params_carry_the_contract_fields() -> None:
-    s = snap(symbols={"BTC/USD": SymbolBeat(5, 4, 3, 2, 100.0, None)}, buffer_depth=7, loop_lag_ms=1.23456,
+    s = snap(symbols={"BTC/USD": SymbolBeat(5, 4, 3, 2, 100.0, None, rejected=6)}, buffer_depth=7, loop_lag_ms=1.23456,
              reconnects=2, gaps_repaired=1, errors=3)
     p = build_params(s)
     assert p == {
         "pid": 42, "exchange": "kraken", "started_ms": 1, "state": "running",
         "symbols": {"BTC/USD": {"last_trade_ms": 5, "last_final_candle_ms": 4, "trades_stored": 3,
-                                "candles_stored": 2, "backfill_pct": 100.0, "error": None}},
+                                "candles_stored": 2, "backfill_pct": 100.0, "error": None, "rejected": 6}},
         "buffer_depth": 7, "loop_lag_ms": 1.235, "reconnects": 2, "gaps_repaired": 1, "errors": 3,
     }
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import pytest
 
 from fullon_ohlcv_service.collectors.writer import BatchWriter, _merge
-from fullon_ohlcv_service.errors import StoreUnavailable
-from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.errors import PermanentError, StoreDataError, StoreUnavailable
+from fullon_ohlcv_service.models import Candle, Reject, Trade
 
 
 class MemStore:
@@ -20,13 +20,21 @@ class MemStore:
         self.trades: dict[str, dict[str, Trade]] = {}
         self.candles: dict[str, dict[int, Candle]] = {}
         self.coverage: list[tuple[str, int, int]] = []
+        self.rejects: dict[str, dict[tuple[str, str, str], Reject]] = {}
         self.down = False
+        self.broken: Exception | None = None  # raised by every write while set
+        self.refuse: dict[str, Exception] = {}  # trade id -> what a batch holding it raises
         self.calls: list[tuple[str, int]] = []
         self.log: list[str] = []
 
     async def save_trades(self, symbol: str, trades: Sequence[Trade]) -> int:
         if self.down:
             raise StoreUnavailable("db down")
+        if self.broken is not None:
+            raise self.broken
+        for t in trades:
+            if t.id in self.refuse:
+                raise self.refuse[t.id]
         self.calls.append(("t", len(trades)))
         self.log.append("t")
         slot = self.trades.setdefault(symbol, {})
@@ -56,6 +64,15 @@ class MemStore:
             raise StoreUnavailable("db down")
         self.log.append("v")
         self.coverage.append((symbol, start, end))
+
+    async def save_rejects(self, symbol: str, rejects: Sequence[Reject]) -> int:
+        if self.down:
+            raise StoreUnavailable("db down")
+        self.log.append("r")
+        slot = self.rejects.setdefault(symbol, {})
+        new = [r for r in rejects if (r.kind, r.ref, r.reason) not in slot]
+        slot.update(((r.kind, r.ref, r.reason), r) for r in new)
+        return len(new)
 
 
 def trades(n: int, start: int = 0) -> list[Trade]:
@@ -177,3 +194,75 @@ async def test_backlog_is_written_in_bigger_batches() -> None:
 
 def test_merge_intervals() -> None:
     assert _merge([(5, 7), (0, 2), (2, 4), (6, 9)]) == [(0, 4), (5, 9)]
+
+
+# ---- rows the store refuses ---------------------------------------------------------------------
+
+async def test_a_data_error_isolates_the_row_at_once_and_commits_the_rest_in_order() -> None:
+    store = MemStore()
+    store.refuse["17"] = StoreDataError("value out of range")
+    w = BatchWriter(store, flush_rows=1000, flush_interval=0.01, backoff_initial=5.0)  # a retry would be slow
+    task = await run_writer(w)
+    await w.put_trades("A", trades(40))
+    await w.put_candles("A", [Candle(0, 1, 2, 0.5, 1.5, 3.0)])
+    await w.put_coverage("A", 0, 60_000)
+    seq = w.last_seq
+    await w.put_trades("A", trades(5, start=100))  # queued behind the bad batch
+    await asyncio.wait_for(w.wait_committed(), 2.0)
+    await asyncio.wait_for(w.wait_committed(), 2.0)  # and the reject queued while isolating
+    expected = [str(i) for i in [*range(17), *range(18, 40), *range(100, 105)]]
+    assert sorted(store.trades["A"], key=int) == expected
+    assert store.candles["A"] and store.coverage == [("A", 0, 60_000)]
+    assert w._committed >= seq and w.depth == 0 and not w.failing
+    (r,) = store.rejects["A"].values()
+    assert (r.kind, r.ref, r.reason) == ("trade", "17", "store refused: StoreDataError: value out of range")
+    assert w.rejects.counts == {"A": 1} and w.quarantined == 1
+    # bisection: about log2(40) extra writes, not one per row
+    assert len(store.calls) < 20
+    task.cancel()
+
+
+async def test_an_unclassified_error_is_retried_then_isolated() -> None:
+    store = MemStore()
+    store.refuse["3"] = RuntimeError("driver bug on this value")
+    w = BatchWriter(store, flush_rows=1000, flush_interval=0.01, backoff_initial=0.01, backoff_max=0.02,
+                    unclassified_attempts=3)
+    task = await run_writer(w)
+    await w.put_trades("A", trades(8))
+    await asyncio.wait_for(w.wait_committed(), 2.0)
+    await asyncio.wait_for(w.wait_committed(), 2.0)  # and the reject queued while isolating
+    assert w.write_errors == 3 and sorted(store.trades["A"]) == ["0", "1", "2", "4", "5", "6", "7"]
+    assert [r.reason for r in store.rejects["A"].values()] == ["store refused: RuntimeError: driver bug on this value"]
+    task.cancel()
+
+
+async def test_a_store_wide_permanent_error_is_retried_not_quarantined() -> None:
+    store = MemStore()
+    store.broken = PermanentError("kraken: a symbol's tables do not exist; call init_symbol first")
+    w = BatchWriter(store, flush_rows=1000, flush_interval=0.01, backoff_initial=0.01, backoff_max=0.02)
+    task = await run_writer(w)
+    await w.put_trades("A", trades(5))
+    await asyncio.sleep(0.2)
+    assert w.failing and w.write_errors >= 3 and w.depth == 5 and not store.rejects  # not about rows: kept
+    store.broken = None
+    await asyncio.wait_for(w.wait_committed(), 2.0)
+    assert len(store.trades["A"]) == 5 and not store.rejects and not w.failing
+    task.cancel()
+
+
+async def test_rejects_never_wait_for_room_and_are_bounded() -> None:
+    store = MemStore()
+    store.down = True
+    w = BatchWriter(store, flush_rows=10, flush_interval=0.01, buffer_rows=20, backoff_initial=0.01,
+                    backoff_max=0.02, max_queued_rejects=3)
+    task = await run_writer(w)
+    await w.put_trades("A", trades(20))  # the buffer is full and the store is down
+    rejects = [Reject("trade", str(i), "price not finite", "{}", 1) for i in range(5)]
+    w.rejects.reject("A", rejects[:2])  # synchronous: called from inside parsing, it cannot wait
+    w.rejects.reject("A", rejects[2:])
+    assert w.rejects.counts == {"A": 5} and w.rejects_dropped == 2  # counted; only 3 are held for the store
+    store.down = False
+    await asyncio.wait_for(w.wait_committed(), 2.0)
+    assert sorted(r.ref for r in store.rejects["A"].values()) == ["0", "1", "2"]
+    assert store.log[-1] == "r" and w.depth == 0
+    task.cancel()
