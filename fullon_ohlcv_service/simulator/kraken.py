@@ -85,7 +85,8 @@ def ord_type(t: Entry) -> str:
 def rest_row(t: Entry) -> list[Any]:
     """One REST ``Trades`` row: [price, volume, time (s), b/s, l/m, misc, trade id]."""
     if isinstance(t, PoisonTrade):
-        return [t.price, t.amount, trade_time(t.ts), "b" if t.buy else "s", "m", "", t.id]
+        side = "x" if t.side is None else "b" if t.buy else "s"  # ccxt reads "x" as a buy: only the wire tells
+        return [t.price, t.amount, trade_time(t.ts), side, "m", "", t.id]
     return [t.price, t.amount, trade_time(t.ts), "b" if t.buy else "s", "l" if ord_type(t) == "limit" else "m",
             "", t.id]
 

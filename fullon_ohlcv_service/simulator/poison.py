@@ -20,9 +20,9 @@ untouched. Where each one sits, so that a client that skips it still gets every 
 What each wire can carry (ccxt 4.5 parses it that way): ``nan_price`` ("nan"), ``inf_amount`` ("1e400",
 which overflows to inf), ``negative_amount``, ``ts_overflow`` (2^63 ms; on Kraken's websocket, whose
 times are ISO texts, the last ISO millisecond, 9999-12-31T23:59:59.999Z), ``ts_before_2009``,
-``empty_id`` and, on Binance only, ``bad_side`` (a null maker flag: no side). ccxt maps every Kraken REST
-side but "s" to "buy", so an unknown side cannot reach a client from Kraken's REST, and Kraken plants
-none. Candles: ``high_below_low``, ``nan_open``, ``negative_low`` and ``negative_volume``.
+``empty_id`` and ``bad_side`` (Binance: a null maker flag; Kraken: side "x" in a REST row, which ccxt
+reads as "buy", so only a client that checks the wire sees it, and a null side on the websocket).
+Candles: ``high_below_low``, ``nan_open``, ``negative_low`` and ``negative_volume``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from fullon_ohlcv_service.simulator.market import BUCKET_MS, ID_STRIDE, CandleTe
 TRADE_KINDS = ("nan_price", "inf_amount", "negative_amount", "ts_overflow", "ts_before_2009", "empty_id",
                "bad_side")
 CANDLE_KINDS = ("high_below_low", "nan_open", "negative_low", "negative_volume")
-# kinds a venue's wire cannot carry through ccxt on every channel (see the module docstring)
-UNSUPPORTED = {"kraken": frozenset({"bad_side"})}
+# kinds a venue plants none of (none today: every wire carries every kind, see the module docstring)
+UNSUPPORTED: dict[str, frozenset[str]] = {}
 POISON_ID_BASE = 60_000  # n of a valid id stays below 60 000 (at most one trade per ms in a minute)
 TS_OVERFLOW = 2**63  # ms: past a signed 64-bit column
 TS_2009 = 1_230_768_000_000  # 2009-01-01T00:00:00Z

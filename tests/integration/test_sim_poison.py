@@ -20,7 +20,7 @@ from fullon_ohlcv_service.simulator.server import ScaledClock, Simulator
 from fullon_ohlcv_service.timeutil import now_ms
 
 SYMBOL = {"kraken": "BTC/USD", "binance": "BTC/USDT"}
-POISON = 7  # every kind a venue carries (Binance 7, Kraken 6 and the cycle starts again)
+POISON = 7  # every kind once
 
 
 @pytest.fixture
@@ -39,8 +39,11 @@ def _truth(trade: dict[str, Any]) -> dict[str, Any]:
 
 
 def _valid(t: dict[str, Any], now: int) -> bool:
-    """What a correct client keeps: every field present and sane."""
-    ts, price, amount = t.get("timestamp"), t.get("price"), t.get("amount")
+    """What a correct client keeps: every field present and sane (and, for Kraken's REST rows, whose side
+    ccxt reads as "buy" unless it is "s", a side on the wire that is "b" or "s")."""
+    ts, price, amount, info = t.get("timestamp"), t.get("price"), t.get("amount"), t.get("info")
+    if isinstance(info, list) and info[3] not in ("b", "s"):
+        return False
     return (bool(t.get("id")) and t.get("side") in ("buy", "sell") and isinstance(ts, int)
             and TS_2009 <= ts <= now + 86_400_000 and isinstance(price, float) and math.isfinite(price)
             and price > 0 and isinstance(amount, float) and math.isfinite(amount) and amount >= 0)
@@ -114,7 +117,9 @@ async def test_rest_pages_carry_the_poison_among_valid_trades(sim: Simulator, ex
         hits = [i for i, (_, t) in enumerate(rows) if isinstance(t, dict) and _matches(p, t)]
         if p["poison"] == "nan_price":  # ccxt 4.5 cannot parse it: Precise("nan") raises
             hits = [i for i, (r, t) in enumerate(rows) if isinstance(t, ValueError) and "nan" in str(r)]
-        assert len(hits) == 1, p
+        # once by time; Binance's fromId order may list it again at the end of its minute (a re-fetch)
+        assert len(hits) == 1 or (exchange == "binance" and len(hits) == 2), (p, hits)
+        assert all(rows[i][0] == rows[hits[0]][0] for i in hits)
         i = hits[0]
         assert 0 < i < len(rows) - 1, p  # among valid trades: rows before and after it
         t = rows[i][1]
