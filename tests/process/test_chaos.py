@@ -15,7 +15,8 @@ from fullon_ohlcv_service.chaos.report import Report, SymbolResult
 from fullon_ohlcv_service.chaos.runner import ChaosRun, Options
 from fullon_ohlcv_service.settings import parse_store_url
 
-VERDICT = re.compile(r"^chaos: 0 missing, 0 duplicated, 0 wrong candles over (\d+) trades, (\d+) faults$")
+VERDICT = re.compile(r"^chaos: 0 missing, 0 duplicated, 0 wrong candles over (\d+) trades, (\d+) faults, "
+                     r"(\d+) poisoned rejected$")
 
 
 class PlantingRun(ChaosRun):
@@ -50,12 +51,14 @@ def test_short_chaos_run_on_sqlite_loses_nothing_and_would_see_a_loss() -> None:
     assert report.failures() == [], text
     m = VERDICT.match(text.splitlines()[-1])
     assert m is not None, text
-    trades, faults = int(m.group(1)), int(m.group(2))
+    trades, faults, poisoned = int(m.group(1)), int(m.group(2)), int(m.group(3))
     assert trades == doc["totals"]["trades"] > 10_000
+    # the poison fault's rows (simulator/poison.py) were all refused into the reject store, none stored
+    assert poisoned == doc["totals"]["poisoned"] > 0 and doc["totals"]["poisoned_stored"] == 0
     assert faults == doc["applied_faults"] == doc["planned_faults"] >= 9
     kinds = {f["kind"] for f in doc["faults"] if f["ok"]}
     assert {"kill9", "sigstop", "ws_drop", "ws_stall", "rest_429", "rest_5xx", "malformed",
-            "sighup_add_symbol", "sigterm_master"} <= kinds
+            "poison", "sighup_add_symbol", "sigterm_master"} <= kinds
     assert doc["detection"]["count"] >= 2 and doc["detection"]["undetected"] == []
     assert doc["orphans"] == [] and doc["errors"] == []
     # every configured symbol and the one added at the SIGHUP were audited, candles included
