@@ -9,8 +9,8 @@ Rules (each reason below is the text stored in ``<symbol>_rejects.reason``):
 
 - timestamp: an integer epoch ms in [2009-01-01T00:00:00Z, now + 1 day];
   a candle's is a minute open;
-- trade: a non-empty id of at most 256 characters with no control character, a finite price
-  > 0, a finite amount >= 0, side ``buy`` or ``sell``;
+- trade: a non-empty id of printable text (no NUL, control character or unpaired surrogate) of at
+  most 256 characters, a finite price > 0, a finite amount >= 0, side ``buy`` or ``sell``;
 - candle: finite prices > 0, a finite volume >= 0, high >= max(open, close) >= min(open, close) >= low;
 - every number is at most 1e20 (larger is a parse error in practice, and sums of such values
   could overflow to infinity).
@@ -101,8 +101,8 @@ def id_problem(value: object) -> str | None:
         return "id not text"
     if len(value) > MAX_ID_LEN:
         return "id too long"
-    if any(ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF for ch in value):
-        return "id has control characters"
+    if not value.isprintable():  # control characters (NUL...), unpaired surrogates, line separators
+        return "id has unprintable characters"
     return None
 
 
@@ -143,10 +143,15 @@ def build_trade(
 ) -> Trade | str:
     """The Trade of these parsed values, or the reason it is refused. ``kind`` (market/limit) is kept
     only when it is short clean text; anything else becomes ""."""
+    text = kind if isinstance(kind, str) and len(kind) <= 32 and kind.isprintable() else ""
+    # the common case, first and cheap (a NaN or an infinity fails these comparisons too)
+    if (type(ts) is int and MIN_TS_MS <= ts <= now + MAX_AHEAD_MS and type(tid) is str and 0 < len(tid) <= MAX_ID_LEN
+            and tid.isprintable() and type(price) is float and 0.0 < price <= MAX_NUMBER and type(amount) is float
+            and 0.0 <= amount <= MAX_NUMBER and (side == "buy" or side == "sell")):
+        return Trade(ts, tid, price, amount, side, text)
     problem = trade_problem(ts, tid, price, amount, side, now)
     if problem is not None:
         return problem
-    text = kind if isinstance(kind, str) and len(kind) <= 32 and kind.isprintable() else ""
     return Trade(_timestamp(ts), str(tid), float(price), float(amount), side, text)  # type: ignore[arg-type]
 
 
@@ -198,15 +203,28 @@ def raw_json(values: Mapping[str, Any]) -> str:
     return text
 
 
+def storable_text(text: str) -> str:
+    """``text`` as both stores can hold it: NUL and unpaired surrogates escaped (PostgreSQL refuses
+    NUL in text; neither driver encodes a lone surrogate). Clean text is returned unchanged."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _digest(values: list[Any]) -> str:
     text = json.dumps(_plain(values), ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def trade_ref(tid: object, ts: object, price: object, amount: object, side: object) -> str:
-    """The trade's id when it has one; otherwise a digest of its values (the same on every re-fetch)."""
+    """The trade's id when it has one (as storable text); otherwise a digest of its values (the same on
+    every re-fetch)."""
     if isinstance(tid, str | int) and not isinstance(tid, bool) and str(tid) != "":
-        return str(tid)[:MAX_ID_LEN]
+        return storable_text(str(tid)[:MAX_ID_LEN])
     return "noid:" + _digest([ts, price, amount, side])
 
 

@@ -43,6 +43,10 @@ Behaviour worth knowing (checked against ccxt 4.5.90's source):
   it); on both exchanges a candle is also final once an update for a later minute arrives (Kraken
   has no closed flag). The previous minute is then re-emitted with ``final=True``. A candle seen
   before a websocket error is never finalised from the stream (it may have missed updates).
+- Every trade and candle is validated here (``validation.py``) before it becomes a model, on REST and
+  websocket alike. A refused row goes to the RejectSink given at construction and is never returned; it
+  never fails its page or frame (see ``_ParseHooks`` for what ccxt does with bad values), and REST
+  paging follows the exchange's cursor past it, so ``[]`` still means "nothing valid after ``since``".
 - A frame ccxt cannot parse (invalid JSON, wrong types) would stop ccxt's receive loop until the
   keepalive times out. Frames are guarded: the error is counted (``malformed_frames``), pending
   watches fail with TransientError, the socket stays open, and the next watch call of each kind
@@ -265,16 +269,16 @@ def _trade_values(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def trade_or_reject(raw: Mapping[str, Any], now: int) -> Trade | Reject:
     """A ccxt trade dict -> Trade, or the Reject that says which rule (validation.py) it breaks."""
-    values = _trade_values(raw)
     error = raw.get(_PARSE_ERROR)
-    problem = f"unparseable: {error}" if error else _wire_side_problem(raw.get("info"))
-    if problem is None:
-        got = build_trade(values["ts"], values["id"], values["price"], values["amount"], values["side"],
-                          values["type"], now)
-        if isinstance(got, Trade):
-            return got
-        problem = got
-    return trade_reject(values, problem, now)
+    if error:
+        return trade_reject(_trade_values(raw), f"unparseable: {error}", now)
+    got = build_trade(raw.get("timestamp"), raw.get("id"), raw.get("price"), raw.get("amount"), raw.get("side"),
+                      raw.get("type"), now)
+    if isinstance(got, str):
+        return trade_reject(_trade_values(raw), got, now)
+    # the side last, as validation checks it: one poisoned trade gets one reason on every path
+    problem = _wire_side_problem(raw.get("info"))
+    return got if problem is None else trade_reject(_trade_values(raw), problem, now)
 
 
 def candle_or_reject(row: Sequence[Any], final: bool, now: int, wire: Any = None) -> Candle | Reject:

@@ -11,6 +11,7 @@ from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.ports import OhlcvStore
 from fullon_ohlcv_service.settings import StoreURL
 from fullon_ohlcv_service.timeutil import MINUTE_MS
+from fullon_ohlcv_service.validation import storable_text
 
 # How many rows a streamed read fetches per round trip.
 FETCH_ROWS = 5_000
@@ -62,18 +63,6 @@ def require_ids(symbol: str, trades: Sequence[Trade]) -> None:
     for t in trades:
         if not t.id:
             raise StoreDataError(f"{symbol}: trade at {t.ts} has no trade id; the batch was not stored")
-
-
-def storable_text(text: str) -> str:
-    """``text`` as both stores can hold it: NUL and unpaired surrogates escaped (PostgreSQL refuses
-    NUL in text; neither driver encodes a lone surrogate). Clean text is returned unchanged."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def reject_rows(rejects: Sequence[Reject]) -> list[tuple[str, str, str, str, int]]:

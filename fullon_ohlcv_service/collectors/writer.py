@@ -261,9 +261,11 @@ class BatchWriter:
             except asyncio.CancelledError:
                 raise
             except StoreDataError as exc:
-                self._log.warning("store refused rows of a batch; isolating them", rows=rows, error=str(exc))
-                isolate = True
-                continue
+                if not isolate:
+                    self._log.warning("store refused rows of a batch; isolating them", rows=rows, error=str(exc))
+                    isolate = True
+                    continue
+                self._note_failure(exc, rows)  # (isolation catches these row by row: not expected here)
             except PermanentError as exc:  # not about rows (tables gone, a corrupt file): like unavailable
                 self._note_failure(exc, rows)
             except Exception as exc:  # noqa: BLE001 - unclassified: retried, then isolated; never wedges

@@ -331,9 +331,10 @@ def test_postgres_store_and_redis_cache(tmp_path: Path, home: Path, sim: Sim, ex
     assert p["exchange"] == exchange and p["state"] == "running"
     for spec in SYMBOLS[exchange]:
         entry = p["symbols"][spec.split("@")[0]]
-        assert set(entry) == {"last_trade_ms", "last_final_candle_ms", "trades_stored", "candles_stored",
-                              "backfill_pct", "error"}
+        assert set(entry) >= {"last_trade_ms", "last_final_candle_ms", "trades_stored", "candles_stored",
+                              "backfill_pct", "error", "rejected"}
         assert entry["backfill_pct"] == 100.0 and entry["error"] is None
+        assert entry["rejected"] == 0  # nothing poisoned here: nothing refused
         assert entry["trades_stored"] > 0 and entry["candles_stored"] > 0 and entry["last_trade_ms"] > 0
 
 

@@ -1,4 +1,4 @@
-"""The PostgreSQL store's error classification where asyncpg says 'internal error' for a lost connection."""
+"""The PostgreSQL store's error classification: a lost connection asyncpg calls 'internal error', server errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from fullon_ohlcv_service.adapters.postgres_store import PostgresOhlcvStore
-from fullon_ohlcv_service.errors import StoreUnavailable
+from fullon_ohlcv_service.errors import PermanentError, StoreDataError, StoreUnavailable
 
 
 class Conn:
@@ -79,3 +79,28 @@ async def test_an_internal_error_on_a_closed_connection_is_a_lost_connection() -
     with pytest.raises(StoreUnavailable, match="connection lost"):
         await store(Pool(Conn(False)))._with_conn(killed)
     assert await store(Pool(Conn(False)))._with_conn(ok) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (asyncpg.exceptions.DiskFullError("could not extend file"), StoreUnavailable),
+        (asyncpg.exceptions.DeadlockDetectedError("deadlock detected"), StoreUnavailable),
+        (asyncpg.exceptions.LockNotAvailableError("could not obtain lock"), StoreUnavailable),
+        (asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"), StoreUnavailable),
+        (asyncpg.exceptions.NumericValueOutOfRangeError("value out of range"), StoreDataError),
+        (asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence"), StoreDataError),
+        (asyncpg.exceptions.NotNullViolationError("null value in column"), StoreDataError),
+        (asyncpg.exceptions.ProgramLimitExceededError("index row size exceeds maximum"), StoreDataError),
+        (asyncpg.exceptions.InsufficientPrivilegeError("permission denied"), PermanentError),
+    ],
+)
+async def test_server_errors_are_classified_for_the_writer(error: Exception, expected: type[Exception]) -> None:
+    """Unavailable (retried), about the rows (isolated and quarantined), or about the store (retried, reported)."""
+    async def fail(conn: Any) -> int:
+        raise error
+
+    with pytest.raises(expected) as info:
+        await store(Pool(Conn(False)))._with_conn(fail)
+    assert type(info.value) is expected  # a PermanentError that is not a StoreDataError stays one
+    assert "secret" not in str(info.value)

@@ -56,8 +56,8 @@ M = NOW - NOW % 60_000 - 60_000  # a closed minute
         ({"id": ""}, "id missing or empty"),
         ({"id": None}, "id missing or empty"),
         ({"id": 42}, None),  # a numeric id is kept as text
-        ({"id": "a\x00b"}, "id has control characters"),
-        ({"id": "a\ud800"}, "id has control characters"),
+        ({"id": "a\x00b"}, "id has unprintable characters"),
+        ({"id": "a\ud800"}, "id has unprintable characters"),
         ({"id": "x" * 257}, "id too long"),
         ({"side": "BUY"}, "side unknown"),
         ({"side": None}, "side unknown"),
