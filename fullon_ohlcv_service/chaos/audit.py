@@ -1,17 +1,20 @@
-"""Compare stored trades and final candles with the simulator's ground truth: missing, duplicated, wrong."""
+"""Compare stored trades and final candles with the simulator's ground truth: missing, duplicated, wrong; and
+the simulator's poisoned rows with the reject store: each refused, none stored."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.timeutil import MINUTE_MS, floor_minute
 
 SAMPLES = 5  # how many examples of each defect a report keeps
+TS_2009 = 1_230_768_000_000  # no valid trade is older (2009-01-01T00:00:00Z)
 
 
 def _close(a: float, b: float) -> bool:
@@ -206,6 +209,119 @@ def audit_candles(truth: Iterable[Candle], stored: Iterable[Candle]) -> CandleAu
         if ts not in truth_by_ts:
             audit.extra += 1
             note("extra", _candle_json(s))
+    audit.samples = samples
+    return audit
+
+
+@dataclass(slots=True)
+class PoisonAudit:
+    """The simulator's poisoned rows (``GET /_sim/poison``) of one symbol's window against its store."""
+
+    expected: int = 0  # poisoned trades and candles served with a slot in the window
+    rejected: int = 0  # found in the reject store
+    stored: int = 0  # found in the trades or candles table (with the poisoned values)
+    unrejected: int = 0  # not in the reject store
+    valid_rejected: int = 0  # rejects naming a true trade of the window (validation refused a good row)
+    kinds: dict[str, int] = field(default_factory=dict)  # expected, per poison kind
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.stored or self.unrejected or self.valid_rejected)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"expected": self.expected, "rejected": self.rejected, "stored": self.stored,
+                "unrejected": self.unrejected, "valid_rejected": self.valid_rejected, "kinds": self.kinds,
+                "samples": self.samples}
+
+
+def _text_number(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _equal(want: Any, got: Any) -> bool:
+    """A poisoned wire text (``"nan"``, ``"1e400"``, ``"-0.5"``) against a value as stored or as kept in a
+    reject's raw JSON (non-finite floats there are text: ``"nan"``, ``"inf"``)."""
+    a, b = _text_number(want), _text_number(got)
+    if a is None or b is None:
+        return False
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b or _close(a, b)
+
+
+def _raw(reject: Reject) -> dict[str, Any]:
+    try:
+        doc = json.loads(reject.raw)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _same_values(p: Mapping[str, Any], got: Mapping[str, Any], keys: Sequence[tuple[str, str]]) -> bool:
+    return all(_equal(p[want], got.get(have)) for want, have in keys)
+
+
+_TRADE_KEYS = (("price", "price"), ("amount", "amount"))
+_CANDLE_KEYS = (("open", "open"), ("high", "high"), ("low", "low"), ("close", "close"), ("volume", "volume"))
+
+
+def audit_poison(poisoned: Iterable[Mapping[str, Any]], rejects: Iterable[Reject], stored_trades: Iterable[Trade],
+                 stored_candles: Iterable[Candle], truth_ids: Iterable[str] = ()) -> PoisonAudit:
+    """Every poisoned row must be in the reject store and in no data table.
+
+    A poisoned trade with an id is matched by ``ref == id`` (in the rejects) and by id (in the
+    stored trades); one without an id by its price and amount (a reject's raw values, a stored row
+    at its timestamp). A poisoned candle is matched by ``ref == its minute`` in the rejects, and is
+    stored if its minute's stored row carries its values. ``truth_ids``: the window's true trade ids;
+    a reject naming one is a valid trade refused.
+    """
+    rejects = list(rejects)
+    trade_refs = {r.ref for r in rejects if r.kind == "trade"}
+    candle_refs = {r.ref for r in rejects if r.kind == "candle"}
+    noid = [_raw(r) for r in rejects if r.kind == "trade" and r.ref.startswith("noid:")]
+    trades = list(stored_trades)
+    stored_ids = {t.id for t in trades}
+    candles: dict[int, list[Candle]] = {}
+    for c in stored_candles:
+        candles.setdefault(c.ts, []).append(c)
+    audit = PoisonAudit()
+    samples: dict[str, list[dict[str, Any]]] = {}
+
+    def note(name: str, doc: Mapping[str, Any]) -> None:
+        bucket = samples.setdefault(name, [])
+        if len(bucket) < SAMPLES:
+            bucket.append(dict(doc))
+
+    for p in poisoned:
+        audit.expected += 1
+        audit.kinds[p["poison"]] = audit.kinds.get(p["poison"], 0) + 1
+        if p["kind"] == "trade" and p["id"]:
+            rejected = p["id"] in trade_refs
+            stored = p["id"] in stored_ids
+        elif p["kind"] == "trade":
+            rejected = any(_same_values(p, raw, _TRADE_KEYS) for raw in noid)
+            stored = any(t.ts == p["timestamp"] and _same_values(p, {"price": t.price, "amount": t.amount},
+                                                                 _TRADE_KEYS) for t in trades)
+        else:
+            rejected = str(p["ts"]) in candle_refs
+            stored = any(_same_values(p, {"open": c.open, "high": c.high, "low": c.low, "close": c.close,
+                                          "volume": c.volume}, _CANDLE_KEYS) for c in candles.get(p["ts"], []))
+        if rejected:
+            audit.rejected += 1
+        else:
+            audit.unrejected += 1
+            note("unrejected", p)
+        if stored:
+            audit.stored += 1
+            note("stored", p)
+    good = set(truth_ids) & trade_refs
+    audit.valid_rejected = len(good)
+    if good:
+        samples["valid_rejected"] = [{"id": i} for i in sorted(good)[:SAMPLES]]
     audit.samples = samples
     return audit
 

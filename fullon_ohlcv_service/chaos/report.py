@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fullon_ohlcv_service.chaos.audit import CandleAudit, TradeAudit, Window
+from fullon_ohlcv_service.chaos.audit import CandleAudit, PoisonAudit, TradeAudit, Window
 from fullon_ohlcv_service.chaos.schedule import RESTARTING_FAULTS, Fault
 from fullon_ohlcv_service.timeutil import ms_to_iso
 
@@ -45,10 +45,11 @@ class SymbolResult:
     window: Window
     trades: TradeAudit
     candles: CandleAudit
+    poison: PoisonAudit = field(default_factory=PoisonAudit)
 
     def to_json(self) -> dict[str, Any]:
         return {"exchange": self.exchange, "symbol": self.symbol, "window": self.window.to_json(),
-                "trades": self.trades.to_json(), "candles": self.candles.to_json()}
+                "trades": self.trades.to_json(), "candles": self.candles.to_json(), "poison": self.poison.to_json()}
 
 
 @dataclass(slots=True)
@@ -60,11 +61,18 @@ class Totals:
     altered: int = 0
     candles: int = 0
     wrong_candles: int = 0
+    poisoned: int = 0  # poisoned rows the simulator served in the audited windows
+    poisoned_rejected: int = 0
+    poisoned_stored: int = 0
+    poisoned_unrejected: int = 0
+    valid_rejected: int = 0
 
     def to_json(self) -> dict[str, int]:
         return {"trades": self.trades, "missing": self.missing, "duplicated": self.duplicated,
                 "extra": self.extra, "altered": self.altered, "candles": self.candles,
-                "wrong_candles": self.wrong_candles}
+                "wrong_candles": self.wrong_candles, "poisoned": self.poisoned,
+                "poisoned_rejected": self.poisoned_rejected, "poisoned_stored": self.poisoned_stored,
+                "poisoned_unrejected": self.poisoned_unrejected, "valid_rejected": self.valid_rejected}
 
 
 def totals(results: Sequence[SymbolResult]) -> Totals:
@@ -77,6 +85,11 @@ def totals(results: Sequence[SymbolResult]) -> Totals:
         t.altered += r.trades.altered
         t.candles += r.candles.expected
         t.wrong_candles += r.candles.wrong
+        t.poisoned += r.poison.expected
+        t.poisoned_rejected += r.poison.rejected
+        t.poisoned_stored += r.poison.stored
+        t.poisoned_unrejected += r.poison.unrejected
+        t.valid_rejected += r.poison.valid_rejected
     return t
 
 
@@ -94,11 +107,16 @@ def detection_summary(applied: Sequence[AppliedFault]) -> dict[str, Any]:
 
 
 def verdict_line(t: Totals, faults: int) -> str:
-    """``chaos: 0 missing, 0 duplicated, 0 wrong candles over N trades, M faults`` (+ extra/altered if any)."""
+    """``chaos: 0 missing, 0 duplicated, 0 wrong candles over N trades, M faults, P poisoned rejected``
+    (``R of P poisoned rejected`` when some were not; extra/altered trades and stored poison if any)."""
+    rejected = (f"{t.poisoned_rejected} poisoned rejected" if t.poisoned_rejected == t.poisoned
+                else f"{t.poisoned_rejected} of {t.poisoned} poisoned rejected")
     line = (f"chaos: {t.missing} missing, {t.duplicated} duplicated, {t.wrong_candles} wrong candles "
-            f"over {t.trades} trades, {faults} faults")
+            f"over {t.trades} trades, {faults} faults, {rejected}")
     if t.extra or t.altered:
         line += f"; {t.extra} extra trades, {t.altered} altered trades"
+    if t.poisoned_stored:
+        line += f"; {t.poisoned_stored} poisoned stored"
     return line
 
 
@@ -138,6 +156,12 @@ class Report:
             out.append(f"{t.altered} trades stored with other values")
         if t.wrong_candles:
             out.append(f"{t.wrong_candles} final candles missing or different")
+        if t.poisoned_stored:
+            out.append(f"{t.poisoned_stored} poisoned rows stored in the trades or candles tables")
+        if t.poisoned_unrejected:
+            out.append(f"{t.poisoned_unrejected} of {t.poisoned} poisoned rows not in the reject store")
+        if t.valid_rejected:
+            out.append(f"{t.valid_rejected} valid trades in the reject store")
         if self.applied_ok < len(self.planned):
             failed = [a.fault.describe() + (f" ({a.detail})" if a.detail else "") for a in self.applied if not a.ok]
             skipped = len(self.planned) - len(self.applied)
@@ -209,6 +233,11 @@ class Report:
                 f"duplicated={tr.duplicated} extra={tr.extra} altered={tr.altered}; candles {ca.expected} "
                 f"missing={ca.missing} provisional={ca.provisional} different={ca.different} extra={ca.extra} "
                 f"[{ms_to_iso(r.window.since)} .. {ms_to_iso(r.window.trades_until)})")
+            po = r.poison
+            if po.expected or po.valid_rejected:
+                lines.append(f"      poisoned {po.rejected}/{po.expected} rejected, stored={po.stored}, "
+                             f"valid rejected={po.valid_rejected} ("
+                             + " ".join(f"{k}={v}" for k, v in sorted(po.kinds.items())) + ")")
             for rng in tr.missing_ranges[:SAMPLE_RANGES]:
                 lines.append(f"      lost {rng['trades']} trades {ms_to_iso(rng['from_ts'])} .. "
                              f"{ms_to_iso(rng['to_ts'])}")

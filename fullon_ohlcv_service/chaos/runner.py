@@ -30,7 +30,7 @@ from fullon_ohlcv_service.chaos import schedule as sched
 from fullon_ohlcv_service.chaos.report import AppliedFault, Report, SymbolResult
 from fullon_ohlcv_service.chaos.servers import HOST, PrivatePostgres, PrivateRedis
 from fullon_ohlcv_service.errors import OhlcvError
-from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.ports import SyncProcessCache
 from fullon_ohlcv_service.settings import parse_store_url
 from fullon_ohlcv_service.simulator.faults import COUNT_KEYS, SECONDS_KEYS
@@ -487,6 +487,9 @@ class ChaosRun:
     def _fault_duplicates(self, fault: sched.Fault, rec: AppliedFault) -> None:
         self._sim_fault(rec, {"duplicates": fault.count})
 
+    def _fault_poison(self, fault: sched.Fault, rec: AppliedFault) -> None:
+        self._sim_fault(rec, {"poison": fault.count})
+
     def _outage(self, rec: AppliedFault, server: str, stop: Callable[[], tuple[bool, str]],
                 start: Callable[[], tuple[bool, str]]) -> Ending:
         rec.mono, rec.started_ms, rec.t = time.monotonic(), now_ms(), self._t()
@@ -724,12 +727,43 @@ class ChaosRun:
             stored_c = ([audit.export_candle(d) for d in self._export(s.exchange, s.symbol, "candles", since, c_until)]
                         if c_until > since else [])
             res = SymbolResult(s.exchange, s.symbol, audit.Window(since, until, c_until),
-                               audit.audit_trades(truth, stored), audit.audit_candles(truth_c, stored_c))
+                               audit.audit_trades(truth, stored), audit.audit_candles(truth_c, stored_c),
+                               self._audit_poison(s.exchange, s.symbol, since, until, truth, stored))
             results.append(res)
             self.say(f"audit {s.exchange} {s.symbol}: {res.trades.stored}/{res.trades.expected} trades, "
                      f"missing {res.trades.missing}, duplicated {res.trades.duplicated}, "
-                     f"wrong candles {res.candles.wrong}/{res.candles.expected}")
+                     f"wrong candles {res.candles.wrong}/{res.candles.expected}, "
+                     f"poisoned rejected {res.poison.rejected}/{res.poison.expected}")
         return results
+
+    def _audit_poison(self, ex: str, sym: str, since: int, until: int, truth: Sequence[Trade],
+                      stored: Sequence[Trade]) -> audit.PoisonAudit:
+        """The poisoned rows served with a slot in [since, until) against the reject store and the tables."""
+        q = urllib.parse.urlencode({"exchange": ex, "symbol": sym, "since": since, "until": until})
+        poisoned = self._http("GET", f"/_sim/poison?{q}", timeout=60)
+        minutes = sorted({int(p["ts"]) for p in poisoned if p["kind"] == "candle"})
+        rejects, odd, candles = self._store_rows(ex, sym, minutes)
+        return audit.audit_poison(poisoned, rejects, [*stored, *odd], candles, (t.id for t in truth))
+
+    def _store_rows(self, ex: str, sym: str, minutes: Sequence[int]) -> tuple[list[Reject], list[Trade], list[Candle]]:
+        """Through the store API: the symbol's rejects, its trades stamped before 2009 or more than a day
+        after the stop (outside every export window), and its candles of ``minutes``."""
+        from fullon_ohlcv_service.adapters.stores import open_ohlcv_store
+
+        url = parse_store_url("ohlcv-db", self.env["OHLCV_DB"], ("sqlite", "postgresql"))
+
+        async def read() -> tuple[list[Reject], list[Trade], list[Candle]]:
+            if url.kind == "sqlite" and not (url.path / f"{ex}.sqlite").is_file():
+                return [], [], []
+            async with open_ohlcv_store(url, ex) as store:
+                if not await store.has_symbol(sym):
+                    return [], [], []
+                odd = [t async for t in store.iter_trades(sym, None, audit.TS_2009)]
+                odd += [t async for t in store.iter_trades(sym, self.stop_ms + DAY_MS, None)]
+                candles = [c for m in minutes async for c in store.iter_candles(sym, m, m + 60_000)]
+                return await store.load_rejects(sym), odd, candles
+
+        return asyncio.run(read())
 
     # ------------------------------------------------------------------ the run
 

@@ -19,19 +19,20 @@ REST_429 = "rest_429"
 REST_5XX = "rest_5xx"
 MALFORMED = "malformed"
 DUPLICATES = "duplicates"
+POISON = "poison"  # invalid trades and candles among the valid ones (simulator/poison.py), count per symbol
 # Service outages (the runner stops the server, then starts it again in all cases).
 REDIS_RESTART = "redis_restart"
 PG_RESTART = "pg_restart"
 
 PROCESS_FAULTS = frozenset({KILL9, SIGSTOP})
-SIMULATOR_FAULTS = frozenset({WS_DROP, WS_STALL, WS_REFUSE, REST_429, REST_5XX, MALFORMED, DUPLICATES})
+SIMULATOR_FAULTS = frozenset({WS_DROP, WS_STALL, WS_REFUSE, REST_429, REST_5XX, MALFORMED, DUPLICATES, POISON})
 # Faults after which the supervisor must start a new worker (the runner measures fault -> new pid).
 RESTARTING_FAULTS = frozenset({KILL9, SIGSTOP})
 
 # The process track: faults whose restarts are measured, never overlapping one another.
 PROCESS_TRACK = frozenset({KILL9, SIGSTOP, SIGHUP_ADD})
 # Extra faults that fill each track once every required kind is placed.
-_EXTRA_SERVICE = (WS_DROP, WS_STALL, REST_429, REST_5XX, MALFORMED, DUPLICATES, WS_REFUSE, WS_DROP)
+_EXTRA_SERVICE = (WS_DROP, WS_STALL, REST_429, REST_5XX, MALFORMED, DUPLICATES, WS_REFUSE, WS_DROP, POISON)
 _EXTRA_PROCESS = (KILL9, KILL9, KILL9, SIGSTOP)
 
 
@@ -68,7 +69,7 @@ class Fault:
     kind: str
     target: str | None = None  # an exchange, or None for every exchange
     duration: float = 0.0  # how long the fault lasts (stop, stall, outage, refusal), 0 for an instant one
-    count: int = 0  # REST bursts, malformed frames, duplicates
+    count: int = 0  # REST bursts, malformed frames, duplicates, poisoned trades per symbol
     symbol: str | None = None  # the symbol added before a SIGHUP
     slot: float = 0.0  # seconds reserved for the fault and its recovery before the next one starts
 
@@ -90,7 +91,7 @@ class Fault:
 
 def required_kinds(plan: Plan) -> list[str]:
     """Every kind the run must apply at least once (the final SIGTERM excluded)."""
-    kinds = [KILL9, SIGSTOP, WS_DROP, WS_STALL, REST_429, REST_5XX, MALFORMED]
+    kinds = [KILL9, SIGSTOP, WS_DROP, WS_STALL, REST_429, REST_5XX, MALFORMED, POISON]
     if plan.add_symbols:
         kinds.append(SIGHUP_ADD)
     if plan.cache == "redis":
@@ -137,6 +138,9 @@ def _make(rng: random.Random, plan: Plan, kind: str, at: float, added: list[tupl
         slot = 3.0
     elif kind == DUPLICATES:
         count = rng.randint(3, 10)
+        slot = 3.0
+    elif kind == POISON:
+        count = rng.randint(2, 7)  # poisoned trades per symbol (the kinds take turns), and one candle
         slot = 3.0
     elif kind == REDIS_RESTART:
         duration = round(rng.uniform(5.0, 10.0), 2)

@@ -8,7 +8,16 @@ from typing import Any
 
 from aiohttp import web
 
-from fullon_ohlcv_service.simulator.market import BUCKET_MS, CandleText, Market, SimTrade
+from fullon_ohlcv_service.simulator.market import BUCKET_MS, Market
+from fullon_ohlcv_service.simulator.poison import (
+    CandleEntry,
+    Entry,
+    PoisonTrade,
+    entries_from_id,
+    iter_entries,
+    latest_entries,
+    minute_candles,
+)
 from fullon_ohlcv_service.simulator.venue import TradeCursor, Venue, WsSession, dumps, json_response
 
 KLINES_MAX = 1000
@@ -20,6 +29,24 @@ AGG_WINDOW_MAX_MS = 3_600_000
 
 def market_id(symbol: str) -> str:
     return symbol.replace("/", "").upper()
+
+
+def wire_id(t: Entry) -> int | str:
+    """The trade id on the wire: an int, or "" for a poisoned trade without one."""
+    if isinstance(t, PoisonTrade):
+        return int(t.id) if t.id else ""
+    return t.id
+
+
+def maker(t: Entry) -> bool | None:
+    """Binance's ``m`` (the buyer was the maker, so the taker sold); None for a poisoned trade with no side."""
+    if isinstance(t, PoisonTrade) and t.side is None:
+        return None
+    return not t.buy
+
+
+def key(t: Entry) -> int:
+    return t.key if isinstance(t, PoisonTrade) else t.id
 
 
 class BinanceError(Exception):
@@ -143,7 +170,7 @@ class Binance(Venue):
             "exchangeFilters": [], "symbols": symbols})
 
     @staticmethod
-    def kline_row(c: CandleText) -> list[Any]:
+    def kline_row(c: CandleEntry) -> list[Any]:
         return [c.ts, c.open, c.high, c.low, c.close, c.volume, c.ts + BUCKET_MS - 1, c.quote_volume, c.count,
                 "0.00000000", "0.00000000", "0"]
 
@@ -162,43 +189,46 @@ class Binance(Venue):
         if end is not None:
             last_open = min(last_open, end - end % BUCKET_MS)
         rows: list[list[Any]] = []
+        book = self.book(m)
         if start is not None:
             first = max(start + (-start) % BUCKET_MS, m.genesis_ms)
             minute = first
             while minute <= last_open and len(rows) < limit:
-                c = m.candle(minute, now if minute + BUCKET_MS > now else None)
-                if c is not None:
+                for c in minute_candles(m, book, minute, now)[:limit - len(rows)]:
                     rows.append(self.kline_row(c))
                 minute += BUCKET_MS
         else:
             minute = last_open
             while minute >= m.genesis_ms and len(rows) < limit:
-                c = m.candle(minute, now if minute + BUCKET_MS > now else None)
-                if c is not None:
-                    rows.append(self.kline_row(c))
+                for c in reversed(minute_candles(m, book, minute, now)):  # reversed again below
+                    if len(rows) < limit:
+                        rows.append(self.kline_row(c))
                 minute -= BUCKET_MS
             rows.reverse()
         return json_response(rows)
 
     @staticmethod
-    def agg_item(t: SimTrade) -> dict[str, Any]:
-        return {"a": t.id, "p": t.price, "q": t.amount, "f": t.id, "l": t.id, "T": t.ts, "m": not t.buy, "M": True}
+    def agg_item(t: Entry) -> dict[str, Any]:
+        return {"a": wire_id(t), "p": t.price, "q": t.amount, "f": key(t), "l": key(t), "T": t.ts, "m": maker(t),
+                "M": True}
 
     @staticmethod
-    def trade_item(t: SimTrade) -> dict[str, Any]:
-        return {"id": t.id, "price": t.price, "qty": t.amount, "quoteQty": f"{float(t.price) * float(t.amount):.8f}",
-                "time": t.ts, "isBuyerMaker": not t.buy, "isBestMatch": True}
+    def trade_item(t: Entry) -> dict[str, Any]:
+        return {"id": wire_id(t), "price": t.price, "qty": t.amount,
+                "quoteQty": f"{float(t.price) * float(t.amount):.8f}", "time": t.ts, "isBuyerMaker": maker(t),
+                "isBestMatch": True}
 
-    def _select(self, request: web.Request, default: int) -> list[SimTrade]:
+    def _select(self, request: web.Request, default: int) -> list[Entry]:
         m = self._market(request)
         limit = self._limit(request, default, TRADES_MAX)
         now = self.now()
         from_id = self._int(request, "fromId")
         start = self._int(request, "startTime")
         end = self._int(request, "endTime")
+        book = self.book(m)
         if from_id is not None:
             until = now + 1 if end is None else min(now, end) + 1
-            return m.trades_from_id(from_id, until, limit)
+            return entries_from_id(m, book, from_id, until, limit)
         if start is not None or end is not None:
             if start is not None and end is not None and end - start > AGG_WINDOW_MAX_MS:
                 raise BinanceError(-1127, "More than 1 hours between startTime and endTime.")
@@ -206,13 +236,13 @@ class Binance(Venue):
                 assert end is not None
                 start = end - AGG_WINDOW_MAX_MS
             stop = now if end is None else min(now, end)
-            out: list[SimTrade] = []
-            for t in m.iter_trades(start, stop + 1):  # both bounds inclusive, as Binance documents
+            out: list[Entry] = []
+            for t in iter_entries(m, book, start, stop + 1):  # both bounds inclusive, as Binance documents
                 out.append(t)
                 if len(out) >= limit:
                     break
             return out
-        return m.latest_trades(now, limit)
+        return latest_entries(m, book, now, limit)
 
     def agg_trades(self, request: web.Request) -> web.Response:
         return json_response([self.agg_item(t) for t in self._select(request, TRADES_DEFAULT)])
@@ -220,7 +250,7 @@ class Binance(Venue):
     def trades(self, request: web.Request) -> web.Response:
         m = self._market(request)
         limit = self._limit(request, TRADES_DEFAULT, TRADES_MAX)
-        return json_response([self.trade_item(t) for t in m.latest_trades(self.now(), limit)])
+        return json_response([self.trade_item(t) for t in latest_entries(m, self.book(m), self.now(), limit)])
 
     def historical_trades(self, request: web.Request) -> web.Response:
         return json_response([self.trade_item(t) for t in self._select(request, TRADES_DEFAULT)])
@@ -280,7 +310,7 @@ class Binance(Venue):
                 parsed = self._parse_stream(stream)
                 assert parsed is not None
                 m, kind = parsed
-                cursor = TradeCursor(m, self.now(), self.burst)
+                cursor = self.cursor(m, self.now())
                 self.subscribed(session, stream, KlineState(cursor) if kind == "kline_1m" else cursor)
             await session.send({"result": None, "id": req_id})
 
@@ -303,21 +333,21 @@ class Binance(Venue):
                 continue
             assert isinstance(state, TradeCursor)
             trades = state.advance(now)
-            if not trades:
+            entries = state.with_poison(state.with_duplicates(trades, self.faults) if trades else [])
+            if not entries:
                 continue
-            trades = state.with_duplicates(trades, self.faults)
             agg = kind == "aggTrade"
-            for t in trades:
+            for t in entries:
                 if agg:
-                    frame = {"e": "aggTrade", "E": now, "s": sid, "a": t.id, "p": t.price, "q": t.amount,
-                             "f": t.id, "l": t.id, "T": t.ts, "m": not t.buy, "M": True}
+                    frame = {"e": "aggTrade", "E": now, "s": sid, "a": wire_id(t), "p": t.price, "q": t.amount,
+                             "f": key(t), "l": key(t), "T": t.ts, "m": maker(t), "M": True}
                 else:
-                    frame = {"e": "trade", "E": now, "s": sid, "t": t.id, "p": t.price, "q": t.amount,
-                             "T": t.ts, "m": not t.buy, "M": True}
+                    frame = {"e": "trade", "E": now, "s": sid, "t": wire_id(t), "p": t.price, "q": t.amount,
+                             "T": t.ts, "m": maker(t), "M": True}
                 await session.send_text(dumps(frame))
-            self.stats.trades_sent += len(trades)
+            self.stats.trades_sent += len(entries)
 
-    def _kline_frame(self, sid: str, c: CandleText, closed: bool, now: int) -> str:
+    def _kline_frame(self, sid: str, c: CandleEntry, closed: bool, now: int) -> str:
         return dumps({"e": "kline", "E": now, "s": sid, "k": {
             "t": c.ts, "T": c.ts + BUCKET_MS - 1, "s": sid, "i": "1m", "f": c.first_id, "L": c.last_id,
             "o": c.open, "c": c.close, "h": c.high, "l": c.low, "v": c.volume, "n": c.count, "x": closed,
@@ -344,6 +374,8 @@ class Binance(Venue):
         if state.open_minute is not None and state.open_minute + BUCKET_MS <= clock + 1:
             await self._close_kline(session, sid, m, state.open_minute, now)
             state.open_minute = None
+        for pc in state.cursor.poison_candles():  # an extra, unclosed update of the poisoned minute
+            await session.send_text(self._kline_frame(sid, pc, False, now))
 
     async def _close_kline(self, session: WsSession, sid: str, m: Market, minute: int, now: int) -> None:
         c = m.candle(minute)

@@ -1,4 +1,4 @@
-"""Fault switches of one simulated exchange (drops, stalls, 429/5xx, malformed, duplicates) and their counters."""
+"""Fault switches of one simulated exchange (drops, stalls, 429/5xx, malformed, duplicates, poison) and counters."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from fullon_ohlcv_service.errors import ConfigError
 # until its keepalive gives up (a silent socket the service has to detect by itself)
 COUNT_KEYS = ("rest_429", "rest_418", "rest_5xx", "malformed", "malformed_json", "duplicates")
 SECONDS_KEYS = ("ws_drop_every_s", "ws_stall_s", "ws_refuse_s")
-FAULT_KEYS = (*COUNT_KEYS, *SECONDS_KEYS, "ws_drop", "latency_ms", "exchange")
+# poison=N plants, at once, N poisoned trades and one poisoned candle in every market (simulator/poison.py)
+POISON = "poison"
+MAX_POISON = 1000  # per market and request
+FAULT_KEYS = (*COUNT_KEYS, *SECONDS_KEYS, "ws_drop", "latency_ms", POISON, "exchange")
 
 
 class FaultState:
@@ -92,6 +95,10 @@ def validate_faults(spec: Any) -> dict[str, Any]:
         elif key == "ws_drop":
             if not isinstance(value, bool):
                 raise ConfigError("fault 'ws_drop' must be true or false")
+            out[key] = value
+        elif key == POISON:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POISON:
+                raise ConfigError(f"fault 'poison' must be a whole number from 0 to {MAX_POISON}")
             out[key] = value
         else:
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from fullon_ohlcv_service.simulator.market import BUCKET_MS, CandleText, Market, SimTrade
+from fullon_ohlcv_service.simulator.market import BUCKET_MS, Market, SimTrade
+from fullon_ohlcv_service.simulator.poison import (
+    CandleEntry,
+    Entry,
+    PoisonCandle,
+    PoisonTrade,
+    at,
+    candle_entries,
+    iter_entries,
+    json_number,
+    kraken_iso_ms,
+    latest_entries,
+)
 from fullon_ohlcv_service.simulator.venue import TradeCursor, Venue, WsSession, chunks, dumps, json_response
 
 OHLC_MAX_BARS = 720
@@ -65,8 +78,26 @@ def trade_ns(ts_ms: int) -> int:
     return ts_ms * 1_000_000 + 500_000
 
 
-def ord_type(t: SimTrade) -> str:
-    return "limit" if t.id % 5 == 0 else "market"
+def ord_type(t: Entry) -> str:
+    return "limit" if isinstance(t, SimTrade) and t.id % 5 == 0 else "market"
+
+
+def rest_row(t: Entry) -> list[Any]:
+    """One REST ``Trades`` row: [price, volume, time (s), b/s, l/m, misc, trade id]."""
+    if isinstance(t, PoisonTrade):
+        side = "x" if t.side is None else "b" if t.buy else "s"  # ccxt reads "x" as a buy: only the wire tells
+        return [t.price, t.amount, trade_time(t.ts), side, "m", "", t.id]
+    return [t.price, t.amount, trade_time(t.ts), "b" if t.buy else "s", "l" if ord_type(t) == "limit" else "m",
+            "", t.id]
+
+
+def ws_trade(symbol: str, t: Entry) -> dict[str, Any]:
+    """One websocket v2 trade item (a poisoned one carries its raw values: texts where JSON has no number)."""
+    if isinstance(t, PoisonTrade):
+        return {"symbol": symbol, "side": t.side, "price": t.price_json, "qty": t.amount_json, "ord_type": "market",
+                "trade_id": int(t.id) if t.id else "", "timestamp": iso_us(kraken_iso_ms(t.ts))}
+    return {"symbol": symbol, "side": "buy" if t.buy else "sell", "price": t.price_f, "qty": t.amount_f,
+            "ord_type": ord_type(t), "trade_id": t.id, "timestamp": iso_us(t.ts)}
 
 
 class Kraken(Venue):
@@ -173,12 +204,12 @@ class Kraken(Venue):
         if since_q is not None:
             since_ms = int(float(since_q)) * 1000 + 1  # bars strictly after `since`
             first = max(first, since_ms)
-        rows = [self._ohlc_row(c) for c in m.candles(first, current + BUCKET_MS, now=now)]
+        rows = [self._ohlc_row(c) for c in candle_entries(m, self.book(m), first, current + BUCKET_MS, now)]
         last = (current - BUCKET_MS) // 1000
         return json_response({"error": [], "result": {pid: rows, "last": last}})
 
     @staticmethod
-    def _ohlc_row(c: CandleText) -> list[Any]:
+    def _ohlc_row(c: CandleEntry) -> list[Any]:
         return [c.ts // 1000, c.open, c.high, c.low, c.close, c.vwap, c.volume, c.count]
 
     def trades(self, request: web.Request) -> web.Response:
@@ -189,10 +220,11 @@ class Kraken(Venue):
         count = min(TRADES_MAX, max(1, int(request.query.get("count", str(TRADES_MAX)))))
         now = self.now()
         since_q = request.query.get("since")
-        out: list[SimTrade] = []
+        book = self.book(m)
+        out: list[Entry] = []
         if since_q is None or since_q == "":
-            out = m.latest_trades(now, count)
-            cursor = trade_ns(out[-1].ts) if out else now * 1_000_000
+            out = latest_entries(m, book, now, count)
+            cursor = trade_ns(at(out[-1])) if out else now * 1_000_000
         else:
             since = int(since_q)
             if since < _NS_THRESHOLD:
@@ -201,14 +233,13 @@ class Kraken(Venue):
             else:
                 start = (since - 500_000) // 1_000_000 + 1
                 cursor = since
-            for t in m.iter_trades(start, now + 1):
+            for t in iter_entries(m, book, start, now + 1):
                 out.append(t)
                 if len(out) >= count:
                     break
             if out:
-                cursor = trade_ns(out[-1].ts)
-        rows = [[t.price, t.amount, trade_time(t.ts), "b" if t.buy else "s", "l" if ord_type(t) == "limit" else "m",
-                 "", t.id] for t in out]
+                cursor = trade_ns(at(out[-1]))  # a poisoned entry's slot: no valid trade shares its ms
+        rows = [rest_row(t) for t in out]
         return json_response({"error": [], "result": {pid: rows, "last": str(cursor)}})
 
     # -- websocket v2 ----------------------------------------------------------------------------------
@@ -288,34 +319,34 @@ class Kraken(Venue):
 
     async def _subscribe_trades(self, session: WsSession, key: str, m: Market, snapshot: bool) -> None:
         now = self.now()
-        cursor = TradeCursor(m, now, self.burst)
+        cursor = self.cursor(m, now)
         if snapshot and not self.burst:
-            recent = m.latest_trades(now, SNAPSHOT_TRADES)
+            recent = latest_entries(m, cursor.book, now, SNAPSHOT_TRADES)
             if recent:
                 await session.send_text(self._trade_frame(m.symbol, recent, "snapshot"))
-                cursor.recent.extend(recent)
+                cursor.recent.extend(t for t in recent if isinstance(t, SimTrade))
         self.subscribed(session, key, cursor)
 
     async def _subscribe_ohlc(self, session: WsSession, key: str, m: Market, snapshot: bool) -> None:
         now = self.now()
-        cursor = TradeCursor(m, now, self.burst)
+        cursor = self.cursor(m, now)
         if snapshot and not self.burst:
             current = now - now % BUCKET_MS
-            candles = m.candles(current - (SNAPSHOT_CANDLES - 1) * BUCKET_MS, current + BUCKET_MS, now=now)
+            candles = candle_entries(m, cursor.book, current - (SNAPSHOT_CANDLES - 1) * BUCKET_MS,
+                                     current + BUCKET_MS, now)
             if candles:
                 await session.send({"channel": "ohlc", "type": "snapshot", "timestamp": iso_us(now),
                                     "data": [self._candle_item(m.symbol, c) for c in candles]})
         self.subscribed(session, key, cursor)
 
-    def _trade_frame(self, symbol: str, trades: list[SimTrade], kind: str = "update") -> str:
-        return dumps({"channel": "trade", "type": kind, "data": [
-            {"symbol": symbol, "side": "buy" if t.buy else "sell", "price": t.price_f, "qty": t.amount_f,
-             "ord_type": ord_type(t), "trade_id": t.id, "timestamp": iso_us(t.ts)} for t in trades]})
+    def _trade_frame(self, symbol: str, trades: list[Entry], kind: str = "update") -> str:
+        return dumps({"channel": "trade", "type": kind, "data": [ws_trade(symbol, t) for t in trades]})
 
     @staticmethod
-    def _candle_item(symbol: str, c: CandleText) -> dict[str, Any]:
-        return {"symbol": symbol, "open": float(c.open), "high": float(c.high), "low": float(c.low),
-                "close": float(c.close), "trades": c.count, "volume": float(c.volume), "vwap": float(c.vwap),
+    def _candle_item(symbol: str, c: CandleEntry) -> dict[str, Any]:
+        num: Callable[[str], float | str] = json_number if isinstance(c, PoisonCandle) else float
+        return {"symbol": symbol, "open": num(c.open), "high": num(c.high), "low": num(c.low),
+                "close": num(c.close), "trades": c.count, "volume": num(c.volume), "vwap": num(c.vwap),
                 "interval_begin": iso_us(c.ts), "interval": 1, "timestamp": iso_us(c.ts + BUCKET_MS)}
 
     async def pump(self, session: WsSession) -> None:
@@ -326,13 +357,13 @@ class Kraken(Venue):
             assert isinstance(cursor, TradeCursor)
             trades = cursor.advance(now)
             if key.startswith("trade:"):
-                if not trades:
-                    continue
-                trades = cursor.with_duplicates(trades, self.faults)
-                for part in chunks(trades, FRAME_TRADES):
+                entries = cursor.with_poison(cursor.with_duplicates(trades, self.faults) if trades else [])
+                for part in chunks(entries, FRAME_TRADES):
                     await session.send_text(self._trade_frame(cursor.market.symbol, part))
                     self.stats.trades_sent += len(part)
-            elif trades:
+                continue
+            poison = cursor.poison_candles()
+            if trades or poison:
                 # the forming candle after the last trade of each minute touched in this tick
                 last_by_minute: dict[int, int] = {}
                 for t in trades:
@@ -342,6 +373,7 @@ class Kraken(Venue):
                     c = cursor.market.candle(minute, upto)
                     if c is not None:
                         items.append(self._candle_item(cursor.market.symbol, c))
+                items.extend(self._candle_item(cursor.market.symbol, pc) for pc in poison)  # an extra update
                 if items:
                     await session.send({"channel": "ohlc", "type": "update", "timestamp": iso_us(now),
                                         "data": items})

@@ -15,7 +15,7 @@ from fullon_ohlcv_service.adapters.ccxt_local import local_overrides
 from fullon_ohlcv_service.errors import ConfigError
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.simulator.binance import Binance
-from fullon_ohlcv_service.simulator.faults import validate_faults
+from fullon_ohlcv_service.simulator.faults import POISON, validate_faults
 from fullon_ohlcv_service.simulator.kraken import Kraken
 from fullon_ohlcv_service.simulator.market import BUCKET_MS, Market, SymbolConfig
 from fullon_ohlcv_service.simulator.venue import Venue, json_response
@@ -115,6 +115,7 @@ class Simulator:
             venue.add_routes(app)
         app.router.add_get("/_sim/trades", self._h_trades)
         app.router.add_get("/_sim/candles", self._h_candles)
+        app.router.add_get("/_sim/poison", self._h_poison)
         app.router.add_get("/_sim/stats", self._h_stats)
         app.router.add_get("/_sim/faults", self._h_stats)
         app.router.add_post("/_sim/faults", self._h_faults)
@@ -196,6 +197,13 @@ class Simulator:
         until = min(until, self.clock() + 1)
         return [t.truth() for t in self.market(exchange, symbol).iter_trades(since, until)]
 
+    def poisoned(self, exchange: str, symbol: str, since: int, until: int) -> list[dict[str, Any]]:
+        """Ground truth of the poison fault: the poisoned trades, then candles, served so far with a slot in
+        ``[since, until)``; each with its kind and raw values (see simulator/poison.py)."""
+        until = min(until, self.clock() + 1)
+        venue = self._venue(exchange)
+        return venue.book(self.market(exchange, symbol)).truth(since, until)
+
     def candles(self, exchange: str, symbol: str, since: int, until: int) -> list[list[float]]:
         """Ground truth: closed 1m candles opening in ``[since, until)`` as ``[ts, o, h, l, c, v]``."""
         now = self.clock()
@@ -212,6 +220,8 @@ class Simulator:
             venue.faults.apply(clean)
             if clean.get("ws_drop"):
                 venue.drop_all()
+            if clean.get(POISON):
+                venue.plant_poison(int(clean[POISON]))
         self.log.info("faults set", exchange=exchange or "*", **{k: v for k, v in clean.items()})
         return self.stats()
 
@@ -243,6 +253,13 @@ class Simulator:
         exchange, symbol, since, until = self._window(request)
         try:
             return json_response(self.candles(exchange, symbol, since, until))
+        except ConfigError as exc:
+            return json_response({"error": str(exc)}, status=404)
+
+    async def _h_poison(self, request: web.Request) -> web.Response:
+        exchange, symbol, since, until = self._window(request)
+        try:
+            return json_response(self.poisoned(exchange, symbol, since, until))
         except ConfigError as exc:
             return json_response({"error": str(exc)}, status=404)
 

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 
 from fullon_ohlcv_service.simulator.faults import FaultState
 from fullon_ohlcv_service.simulator.market import BUCKET_MS, Market, SimTrade
+from fullon_ohlcv_service.simulator.poison import Entry, PoisonBook, PoisonCandle, PoisonTrade, at
 
 _conn_ids = itertools.count(1)
 
@@ -50,14 +51,22 @@ class VenueStats:
 class TradeCursor:
     """The live position of one trade subscription: everything with ``ts > last_ts`` is still to send."""
 
-    def __init__(self, market: Market, last_ts: int, burst: bool) -> None:
+    def __init__(self, market: Market, last_ts: int, burst: bool, book: PoisonBook | None = None) -> None:
         self.market = market
         self.last_ts = last_ts
         self.burst = burst
+        self.book = book
+        self.span = (last_ts + 1, last_ts + 1)  # [from, to) the last advance covered
         self.recent: deque[SimTrade] = deque(maxlen=64)  # re-sent by the duplicates fault
 
     def advance(self, now: int) -> list[SimTrade]:
         """New trades up to ``now`` (or, in burst mode, the next non-empty minute whatever the clock says)."""
+        start = self.last_ts + 1
+        trades = self._advance(now)
+        self.span = (start, self.last_ts + 1)
+        return trades
+
+    def _advance(self, now: int) -> list[SimTrade]:
         if self.burst:
             for _ in range(1440):
                 b = (self.last_ts + 1) // BUCKET_MS
@@ -71,6 +80,25 @@ class TradeCursor:
         trades = self.market.trades(self.last_ts + 1, now + 1)
         self.last_ts = now
         return trades
+
+    def poison_trades(self) -> list[PoisonTrade]:
+        """The poisoned trades whose slots the last advance passed."""
+        return self.book.trades_in(*self.span) if self.book else []
+
+    def poison_candles(self) -> list[PoisonCandle]:
+        """The poisoned candles whose slots the last advance passed."""
+        return self.book.candles_in(*self.span) if self.book else []
+
+    def with_poison(self, trades: list[SimTrade]) -> list[Entry]:
+        """``trades`` (valid, maybe with re-sent duplicates) with the passed poisoned trades put in time order."""
+        poison = self.poison_trades()
+        if not poison:
+            return list(trades)
+        out: list[Entry] = list(trades)
+        for p in poison:
+            i = next((k for k, e in enumerate(out) if at(e) > p.slot), len(out))
+            out.insert(i, p)
+        return out
 
     def with_duplicates(self, trades: list[SimTrade], faults: FaultState) -> list[SimTrade]:
         """Append re-sends of already-sent (or just-sent) real trades while the duplicates fault lasts."""
@@ -127,6 +155,7 @@ class Venue(abc.ABC):
         self.stats = VenueStats()
         self.sessions: set[WsSession] = set()
         self._malformed_kind = 0
+        self.poison = {symbol: PoisonBook(m, self.name) for symbol, m in markets.items()}
 
     # -- to be provided by each exchange --------------------------------------------------------------
     @abc.abstractmethod
@@ -258,10 +287,29 @@ class Venue(abc.ABC):
     def market_for(self, symbol: str) -> Market | None:
         return self.markets.get(symbol)
 
+    def book(self, market: Market) -> PoisonBook:
+        return self.poison[market.symbol]
+
+    def cursor(self, market: Market, last_ts: int) -> TradeCursor:
+        """A live cursor from ``last_ts`` that also passes the market's poisoned entries."""
+        return TradeCursor(market, last_ts, self.burst, self.book(market))
+
+    def plant_poison(self, trades: int) -> tuple[int, int]:
+        """The ``poison`` fault: ``trades`` poisoned trades and one poisoned candle in every market, from now on."""
+        now = self.now()
+        nt = nc = 0
+        for book in self.poison.values():
+            t, c = book.plant(now, trades, 1 if trades else 0)
+            nt += len(t)
+            nc += len(c)
+        self.faults.counts["poison_trades"] += nt
+        self.faults.counts["poison_candles"] += nc
+        return nt, nc
+
     def now(self) -> int:
         return self.clock()
 
 
-def chunks(items: list[SimTrade], size: int) -> Iterable[list[SimTrade]]:
+def chunks(items: list[Entry], size: int) -> Iterable[list[Entry]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import urllib.parse
 
 import pytest
 
@@ -15,11 +16,13 @@ from fullon_ohlcv_service.chaos.report import Report, SymbolResult
 from fullon_ohlcv_service.chaos.runner import ChaosRun, Options
 from fullon_ohlcv_service.settings import parse_store_url
 
-VERDICT = re.compile(r"^chaos: 0 missing, 0 duplicated, 0 wrong candles over (\d+) trades, (\d+) faults$")
+VERDICT = re.compile(r"^chaos: 0 missing, 0 duplicated, 0 wrong candles over (\d+) trades, (\d+) faults, "
+                     r"(\d+) poisoned rejected$")
 
 
 class PlantingRun(ChaosRun):
-    """After the real audit, delete 5 stored BTC/USD trades and alter one final candle, then audit again."""
+    """After the real audit, delete 5 stored BTC/USD trades and alter one final candle, drop the reject of one
+    poisoned trade and store another poisoned one as if it were valid, then audit again."""
 
     tampered: list[SymbolResult]
 
@@ -27,7 +30,13 @@ class PlantingRun(ChaosRun):
         clean = super()._audit()
         btc = next(r for r in clean if (r.exchange, r.symbol) == ("kraken", "BTC/USD"))
         db = parse_store_url("ohlcv", self.env["OHLCV_DB"], ("sqlite",)).path / "kraken.sqlite"
+        q = urllib.parse.urlencode({"exchange": "kraken", "symbol": "BTC/USD", "since": btc.window.since,
+                                    "until": btc.window.trades_until})
+        poisoned = [p for p in self._http("GET", f"/_sim/poison?{q}") if p["kind"] == "trade" and p["id"]]
         with sqlite3.connect(db) as conn:
+            conn.execute("DELETE FROM btc_usd_rejects WHERE kind = 'trade' AND ref = ?", (poisoned[0]["id"],))
+            conn.execute("INSERT INTO btc_usd_trades (timestamp, price, volume, side, trade_id) "
+                         "VALUES (?, 1.0, 1.0, 'buy', ?)", (poisoned[1]["slot"], poisoned[1]["id"]))
             ids = [r[0] for r in conn.execute(
                 "SELECT trade_id FROM btc_usd_trades WHERE timestamp >= ? ORDER BY timestamp LIMIT 5 OFFSET 500",
                 (btc.window.since,))]
@@ -50,12 +59,14 @@ def test_short_chaos_run_on_sqlite_loses_nothing_and_would_see_a_loss() -> None:
     assert report.failures() == [], text
     m = VERDICT.match(text.splitlines()[-1])
     assert m is not None, text
-    trades, faults = int(m.group(1)), int(m.group(2))
+    trades, faults, poisoned = int(m.group(1)), int(m.group(2)), int(m.group(3))
     assert trades == doc["totals"]["trades"] > 10_000
+    # the poison fault's rows (simulator/poison.py) were all refused into the reject store, none stored
+    assert poisoned == doc["totals"]["poisoned"] > 0 and doc["totals"]["poisoned_stored"] == 0
     assert faults == doc["applied_faults"] == doc["planned_faults"] >= 9
     kinds = {f["kind"] for f in doc["faults"] if f["ok"]}
     assert {"kill9", "sigstop", "ws_drop", "ws_stall", "rest_429", "rest_5xx", "malformed",
-            "sighup_add_symbol", "sigterm_master"} <= kinds
+            "poison", "sighup_add_symbol", "sigterm_master"} <= kinds
     assert doc["detection"]["count"] >= 2 and doc["detection"]["undetected"] == []
     assert doc["orphans"] == [] and doc["errors"] == []
     # every configured symbol and the one added at the SIGHUP were audited, candles included
@@ -67,8 +78,12 @@ def test_short_chaos_run_on_sqlite_loses_nothing_and_would_see_a_loss() -> None:
     btc = bad[("kraken", "BTC/USD")]
     assert btc.trades.missing == 5 and btc.trades.duplicated == 0 and len(btc.trades.missing_ranges) == 1
     assert btc.candles.different == 1 and btc.candles.wrong == 1
+    assert btc.poison.unrejected == 1 and btc.poison.stored == 1 and btc.trades.extra == 1
     assert all(r.trades.ok and r.candles.ok for k, r in bad.items() if k != ("kraken", "BTC/USD"))
     failed = Report(seed=3, minutes=1, store="sqlite", cache="sqlite", planned=report.planned,
                     applied=report.applied, results=run.tampered)
     assert "5 trades missing" in failed.failures()
+    poisoned_total = sum(r.poison.expected for r in run.tampered)
+    assert f"1 of {poisoned_total} poisoned rows not in the reject store" in failed.failures()
+    assert "1 poisoned rows stored in the trades or candles tables" in failed.failures()
     assert failed.verdict().startswith("chaos: 5 missing, 0 duplicated, 1 wrong candles over")

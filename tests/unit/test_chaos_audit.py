@@ -1,15 +1,25 @@
-"""The audit: stored trades and candles against ground truth, the audit window, the report and its verdict."""
+"""The audit: stored trades and candles against ground truth, poisoned rows against the reject store, the audit
+window, the report and its verdict."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from fullon_ohlcv_service.chaos import audit as a
 from fullon_ohlcv_service.chaos import schedule as s
-from fullon_ohlcv_service.chaos.report import AppliedFault, Report, SymbolResult, detection_summary, verdict_line
-from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.chaos.report import (
+    AppliedFault,
+    Report,
+    SymbolResult,
+    Totals,
+    detection_summary,
+    verdict_line,
+)
+from fullon_ohlcv_service.models import Candle, Reject, Trade
+from fullon_ohlcv_service.validation import candle_reject, trade_reject
 
 T0 = 1_764_000_000_000  # a minute boundary
 assert T0 % 60_000 == 0
@@ -121,10 +131,12 @@ def test_parsers() -> None:
     assert a.export_candle(doc) == Candle(60_000, 1, 2, 0.5, 1.5, 3, False)
 
 
-def _report(stored: list[Trade], applied_ok: bool = True, orphans: tuple[str, ...] = ()) -> Report:
+def _report(stored: list[Trade], applied_ok: bool = True, orphans: tuple[str, ...] = (),
+            poison: a.PoisonAudit | None = None) -> Report:
     t = trades(10)
     window = a.Window(T0, T0 + 600_000, T0 + 60_000)
-    res = SymbolResult("kraken", "BTC/USD", window, a.audit_trades(t, stored), a.audit_candles([], []))
+    res = SymbolResult("kraken", "BTC/USD", window, a.audit_trades(t, stored), a.audit_candles([], []),
+                       poison or a.PoisonAudit())
     plan = (s.Fault(at=1.0, kind=s.KILL9, target="kraken", slot=4.0), s.Fault(at=9.0, kind=s.SIGTERM_MASTER))
     applied = [AppliedFault(plan[0], T0, 1.02, True, pid=123, detected_s=0.8, new_pid=456),
                AppliedFault(plan[1], T0 + 9000, 9.0, applied_ok, detail="" if applied_ok else "master gone")]
@@ -133,9 +145,10 @@ def _report(stored: list[Trade], applied_ok: bool = True, orphans: tuple[str, ..
 
 
 def test_clean_report_passes_with_the_exact_verdict() -> None:
-    rep = _report(trades(10))
+    rep = _report(trades(10), poison=a.PoisonAudit(expected=3, rejected=3, kinds={"nan_price": 3}))
     assert rep.failures() == []
-    assert rep.verdict() == "chaos: 0 missing, 0 duplicated, 0 wrong candles over 10 trades, 2 faults"
+    assert rep.verdict() == "chaos: 0 missing, 0 duplicated, 0 wrong candles over 10 trades, 2 faults, " \
+                            "3 poisoned rejected"
     text = rep.render()
     assert text.splitlines()[-1] == rep.verdict()
     doc = json.loads(json.dumps(rep.to_json()))
@@ -150,7 +163,7 @@ def test_report_fails_on_loss_duplicate_orphan_and_missed_fault() -> None:
     assert any("orphan" in f for f in fails)
     missed = _report(t, applied_ok=False)
     assert any("1 of 2 planned faults applied" in f and "master gone" in f for f in missed.failures())
-    assert missed.verdict().endswith("1 faults")
+    assert missed.verdict().endswith("1 faults, 0 poisoned rejected")
 
 
 def test_detection_summary_and_undetected() -> None:
@@ -164,7 +177,77 @@ def test_detection_summary_and_undetected() -> None:
 
 
 def test_verdict_mentions_extra_and_altered_only_when_present() -> None:
-    from fullon_ohlcv_service.chaos.report import Totals
-
     assert "extra" not in verdict_line(Totals(trades=5), 3)
     assert verdict_line(Totals(trades=5, extra=2), 3).endswith("; 2 extra trades, 0 altered trades")
+
+
+# -- poisoned rows (the simulator's ``poison`` fault) against the reject store and the tables
+
+def _p_trade(kind: str, tid: str, price: str = "100.5", amount: str = "0.25", ts: int = T0 + 5) -> dict[str, object]:
+    return {"kind": "trade", "poison": kind, "slot": T0 + 5, "id": tid, "timestamp": ts, "price": price,
+            "amount": amount, "side": "buy"}
+
+
+def _p_candle(kind: str, minute: int, o: str = "nan") -> dict[str, object]:
+    return {"kind": "candle", "poison": kind, "slot": minute + 1, "ts": minute, "open": o, "high": "101",
+            "low": "99", "close": "100", "volume": "3"}
+
+
+def _reject_of(p: dict[str, object], reason: str = "x") -> Reject:
+    """The reject the worker's adapter writes for it (validation.py's raw format)."""
+    if p["kind"] == "candle":
+        values = {k: p[k] for k in ("open", "high", "low", "close", "volume")}
+        parsed = {k: float(str(v)) for k, v in values.items()}
+        return candle_reject({"ts": p["ts"], **parsed}, reason, T0)
+    values = {"ts": p["timestamp"], "id": p["id"] or None, "price": float(str(p["price"])),
+              "amount": float(str(p["amount"])), "side": p["side"], "type": "market", "info": ["raw row"]}
+    return trade_reject(values, reason, T0)
+
+
+POISONED = [_p_trade("nan_price", "9001", price="nan"), _p_trade("inf_amount", "9002", amount="1e400"),
+            _p_trade("empty_id", ""), _p_trade("ts_overflow", "9004", ts=2**63),
+            _p_candle("nan_open", T0), _p_candle("high_below_low", T0 + 60_000, o="100")]
+
+
+def test_every_poisoned_row_rejected_and_none_stored_is_clean() -> None:
+    rejects = [_reject_of(p) for p in POISONED]
+    assert rejects[2].ref.startswith("noid:") and rejects[4].ref == str(T0)
+    stored_c = [Candle(T0, 100, 101, 99, 100, 3)]  # the minute's valid candle, not the poisoned one
+    res = a.audit_poison(POISONED, rejects, trades(10), stored_c, [t.id for t in trades(10)])
+    assert res.ok and (res.expected, res.rejected, res.stored, res.unrejected) == (6, 6, 0, 0)
+    assert res.kinds["nan_open"] == 1 and sum(res.kinds.values()) == 6
+
+
+def test_poisoned_rows_stored_or_not_rejected_fail() -> None:
+    rejects = [_reject_of(p) for p in POISONED[1:4]]  # no reject for the nan price nor the candles
+    other = _reject_of(_p_trade("empty_id", "", price="200.5"))  # an id-less reject with other values
+    stored = [*trades(3), Trade(T0 + 5, "9002", 100.5, 1.0, "buy"),  # a poisoned id in the table
+              Trade(T0 + 5, "77", 100.5, 0.25, "buy")]  # the id-less one's values under an invented id
+    stored_c = [Candle(T0, math.nan, 101, 99, 100, 3, final=False)]  # the poisoned candle's values
+    res = a.audit_poison(POISONED, [r for r in rejects if r.ref != rejects[1].ref] + [other], stored, stored_c)
+    assert not res.ok
+    assert (res.expected, res.rejected, res.unrejected, res.stored) == (6, 2, 4, 3)
+    assert {d["poison"] for d in res.samples["unrejected"]} == {"nan_price", "empty_id", "nan_open",
+                                                                "high_below_low"}
+    assert {d["poison"] for d in res.samples["stored"]} == {"inf_amount", "empty_id", "nan_open"}
+
+
+def test_a_valid_trade_in_the_reject_store_fails() -> None:
+    good = trades(3)
+    bad = trade_reject({"ts": good[1].ts, "id": good[1].id, "price": 1.0, "amount": 1.0, "side": "buy"},
+                       "price not positive", T0)
+    res = a.audit_poison([], [bad], good, [], [t.id for t in good])
+    assert res.valid_rejected == 1 and not res.ok and res.samples["valid_rejected"] == [{"id": good[1].id}]
+
+
+def test_report_counts_poison_in_failures_and_verdict() -> None:
+    poison = a.PoisonAudit(expected=5, rejected=3, stored=1, unrejected=2, valid_rejected=1)
+    rep = _report(trades(10), poison=poison)
+    assert "1 poisoned rows stored in the trades or candles tables" in rep.failures()
+    assert "2 of 5 poisoned rows not in the reject store" in rep.failures()
+    assert "1 valid trades in the reject store" in rep.failures()
+    assert rep.verdict().endswith("2 faults, 3 of 5 poisoned rejected; 1 poisoned stored")
+    assert "poisoned 3/5 rejected, stored=1" in rep.render()
+    doc = rep.to_json()
+    assert doc["totals"]["poisoned"] == 5 and doc["symbols"][0]["poison"]["unrejected"] == 2
+    assert verdict_line(Totals(trades=5, poisoned=2, poisoned_rejected=2), 3).endswith("3 faults, 2 poisoned rejected")

@@ -22,7 +22,7 @@ def test_same_seed_same_schedule_and_other_seed_differs() -> None:
 def test_every_required_kind_once_and_sigterm_last() -> None:
     faults = s.build_schedule(7, PLAN)
     kinds = [f.kind for f in faults]
-    for kind in (s.KILL9, s.SIGSTOP, s.WS_DROP, s.WS_STALL, s.REST_429, s.REST_5XX, s.MALFORMED,
+    for kind in (s.KILL9, s.SIGSTOP, s.WS_DROP, s.WS_STALL, s.REST_429, s.REST_5XX, s.MALFORMED, s.POISON,
                  s.SIGHUP_ADD, s.REDIS_RESTART, s.PG_RESTART):
         assert kind in kinds, kind
     assert kinds[-1] == s.SIGTERM_MASTER
@@ -96,12 +96,24 @@ def test_targets_and_parameters() -> None:
         if f.kind == s.SIGSTOP:
             assert f.duration > PLAN.heartbeat_timeout + PLAN.kill_grace
             assert f.duration >= PLAN.boot_grace
-        if f.kind in (s.REST_429, s.REST_5XX, s.MALFORMED):
+        if f.kind in (s.REST_429, s.REST_5XX, s.MALFORMED, s.POISON):
             assert f.count > 0
+        if f.kind == s.POISON:
+            assert f.target in (None, *PLAN.exchanges) and f.count <= 7 and f.duration == 0
         if f.kind == s.SIGHUP_ADD:
             assert (f.target, f.symbol) in PLAN.add_symbols
         if f.kind in (s.WS_STALL, s.REDIS_RESTART, s.PG_RESTART):
             assert f.duration > 0
+
+
+def test_poison_is_in_every_schedule_and_among_the_extras() -> None:
+    plan = s.Plan(minutes=1, exchanges=("kraken", "binance"))
+    for seed in range(20):
+        assert s.POISON in {f.kind for f in s.build_schedule(seed, plan)}
+    extra = sum(1 for seed in range(20) for f in s.build_schedule(seed, PLAN) if f.kind == s.POISON)
+    assert extra > 20  # 3-minute runs: the required one, and more as extras
+    counts = {f.count for seed in range(20) for f in s.build_schedule(seed, PLAN) if f.kind == s.POISON}
+    assert min(counts) >= 2 and max(counts) == 7  # some runs plant every trade kind at once
 
 
 def test_symbols_are_added_at_most_once() -> None:
