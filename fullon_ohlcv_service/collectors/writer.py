@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -49,6 +49,10 @@ class _Op:
     at: float
 
 
+# Told of every committed batch, after its commit (collectors/feed.py publishes it); must not block or raise.
+CommitHook = Callable[[Sequence[_Op], Mapping[str, SymbolStats]], None]
+
+
 class BatchWriter:
     """Queue rows for one store and write them in batches.
 
@@ -73,8 +77,10 @@ class BatchWriter:
         backoff_max: float = 5.0,
         backlog_factor: int = 10,
         log: Log | None = None,
+        on_commit: CommitHook | None = None,
     ) -> None:
         self._store = store
+        self.on_commit = on_commit
         self.flush_rows = flush_rows
         self.flush_interval = flush_interval
         self.buffer_rows = max(buffer_rows, flush_rows)
@@ -225,6 +231,8 @@ class BatchWriter:
         self._rows -= rows
         self._committed = batch[-1].seq
         self._progress.set()
+        if self.on_commit is not None:  # live feeds: only what is committed, after the commit
+            self.on_commit(batch, self.stats)
 
     def _note_failure(self, exc: BaseException, rows: int, unexpected: bool = False) -> None:
         self.write_errors += 1

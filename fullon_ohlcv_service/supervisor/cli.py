@@ -13,7 +13,7 @@ from typing import NoReturn
 from fullon_ohlcv_service import log
 from fullon_ohlcv_service.errors import EXIT_USAGE, ConfigError
 from fullon_ohlcv_service.models import ExchangeSpec
-from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
+from fullon_ohlcv_service.settings import Settings, add_common_args, add_feed_args, settings_from_args
 
 _EXCHANGE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a worker up this long was healthy: its next restart is immediate (default 30)")
     g.add_argument("--start-method", choices=("fork", "spawn"), default="fork",
                    help="how workers are started (default fork; spawn exists for the benchmark)")
+    add_feed_args(p)
     add_common_args(p)
     return p
 
@@ -95,7 +96,7 @@ PRELOAD = (
     "fullon_ohlcv_service.adapters.stores", "fullon_ohlcv_service.adapters.sqlite_store",
     "fullon_ohlcv_service.adapters.postgres_store", "fullon_ohlcv_service.adapters.redis_cache",
     "fullon_ohlcv_service.adapters.sqlite_cache", "fullon_ohlcv_service.adapters.ccxt_exchange",
-    "fullon_ohlcv_service.worker.main",
+    "fullon_ohlcv_service.adapters.redis_feed", "fullon_ohlcv_service.worker.main",
 )
 
 
