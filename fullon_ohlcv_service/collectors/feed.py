@@ -55,6 +55,10 @@ class FeedStore(Protocol):
 
     async def latest_candle(self, symbol: str, final_only: bool = False) -> Candle | None: ...
 
+    def iter_trades(
+        self, symbol: str, since: int | None = None, until: int | None = None
+    ) -> AsyncIterator[Trade]: ...
+
     def iter_candles(
         self, symbol: str, since: int | None = None, until: int | None = None
     ) -> AsyncIterator[Candle]: ...
@@ -200,7 +204,12 @@ class FeedPublisher:
         startup: dict[str, tuple[tuple[int, str] | None, Candle | None]] = {}
         for sym in symbols:
             try:
-                startup[sym] = (await self.store.latest_trade(sym), await self.store.latest_candle(sym))
+                latest = await self.store.latest_trade(sym)
+                startup[sym] = (latest, await self.store.latest_candle(sym))
+                if latest is not None and self.with_trades:
+                    # stored already: published, or inside the restart marker; never published again
+                    async for t in self.store.iter_trades(sym, latest[0], latest[0] + 1):
+                        self._known_ids(sym).add(t.id)
             except TransientError as exc:
                 self.log.warning("feed restart check skipped: store unavailable", symbol=sym, error=str(exc))
         self._startup = startup
@@ -259,7 +268,9 @@ class FeedPublisher:
             n = item.new.get(sym, 0)
             if n <= 0 or not ts:
                 continue  # nothing new was committed: nothing is missing
-            self._span(TRADES, sym, min(t.ts for t in ts), max(t.ts for t in ts), n, reason)
+            new, unsure = self._resolve(sym, ts, n)
+            span = new if new is not None else unsure
+            self._span(TRADES, sym, min(t.ts for t in span), max(t.ts for t in span), n, reason)
             self.dropped_trades += n
         for sym, cs in item.candles.items():
             if not cs:
@@ -269,6 +280,22 @@ class FeedPublisher:
             finals = [c.ts for c in cs if c.final]
             if finals:
                 self._list_from[sym] = min(self._list_from.get(sym, finals[0]), finals[0])
+
+    def _resolve(self, sym: str, trades: Sequence[Trade], n: int,
+                 also_known: set[str] | None = None) -> tuple[list[Trade] | None, list[Trade]]:
+        """Which of a batch's trades were the ``n`` new ones: (those, []) or, when that cannot be told, (None, suspects).
+
+        All new, none new, or the trades this process has not published (nor marked) yet when their
+        number is ``n``.
+        """
+        unique = list({t.id: t for t in trades}.values())
+        if n >= len(unique):
+            return unique, []
+        known = self._known_ids(sym)
+        out = [t for t in unique if t.id not in known and (also_known is None or t.id not in also_known)]
+        if len(out) == n:
+            return out, []
+        return None, out or unique
 
     def _span(self, kind: Kind, sym: str, lo: int, hi: int, count: int, reason: str) -> None:
         span = self._dropped.get((kind, sym))
@@ -451,31 +478,26 @@ class FeedPublisher:
             if cur is None or point > cur:
                 wm[f] = point
 
-        round_ids: set[tuple[str, str]] = set()
+        round_ids: dict[str, set[str]] = {}
         for it in items:
             for sym, trades in it.trades.items():
                 n = it.new.get(sym, 0)
                 if n <= 0:
                     continue
-                unique = list({t.id: t for t in trades}.values())
-                known = self._known_ids(sym)
-                if n >= len(unique):
-                    out = unique
+                taken = round_ids.setdefault(sym, set())
+                out, unsure = self._resolve(sym, trades, n, taken)
+                if out is None:  # cannot tell which are new: the consumer reads the range from the store
+                    lo, hi = min(t.ts for t in unsure), max(t.ts for t in unsure)
+                    batch.gaps.append((TRADES, Gap(sym, lo, hi, n, "ambiguous")))
+                    advance(TRADES, sym, (hi, ""))
+                    out = unsure
                 else:
-                    out = [t for t in unique if t.id not in known and (sym, t.id) not in round_ids]
-                    if len(out) != n:
-                        span = out or unique
-                        lo, hi = min(t.ts for t in span), max(t.ts for t in span)
-                        batch.gaps.append((TRADES, Gap(sym, lo, hi, n, "ambiguous")))
-                        advance(TRADES, sym, (hi, ""))
-                        for t in span:
-                            ids.append((sym, t.id))
-                        continue
+                    for t in out:
+                        batch.trades.append((sym, t))
+                        advance(TRADES, sym, (t.ts, t.id))
                 for t in out:
-                    batch.trades.append((sym, t))
                     ids.append((sym, t.id))
-                    round_ids.add((sym, t.id))
-                    advance(TRADES, sym, (t.ts, t.id))
+                    taken.add(t.id)
             for sym, candles in it.candles.items():
                 for c in candles:
                     if self._published_already(sym, c):
