@@ -75,19 +75,27 @@ def bar_ts_ms(element: str | bytes) -> int:
     return int(json.loads(element)[0]) * 1000
 
 
-def _num(x: float) -> str:
-    return repr(float(x))
+TRADE_FIELDS = ("type", "symbol", "ts", "id", "price", "amount", "side")
+CANDLE_FIELDS = ("type", "symbol", "ts", "open", "high", "low", "close", "volume", "final")
+
+
+def trade_values(symbol: str, t: Trade) -> tuple[str, ...]:
+    """A trade entry's values, in TRADE_FIELDS order (numbers as Python's shortest round-trip repr)."""
+    return ("trade", symbol, str(t.ts), t.id, repr(float(t.price)), repr(float(t.amount)), t.side)
+
+
+def candle_values(symbol: str, c: Candle) -> tuple[str, ...]:
+    """A candle entry's values, in CANDLE_FIELDS order."""
+    return ("candle", symbol, str(c.ts), repr(float(c.open)), repr(float(c.high)), repr(float(c.low)),
+            repr(float(c.close)), repr(float(c.volume)), "true" if c.final else "false")
 
 
 def trade_fields(symbol: str, t: Trade) -> dict[str, str]:
-    return {"type": "trade", "symbol": symbol, "ts": str(t.ts), "id": t.id, "price": _num(t.price),
-            "amount": _num(t.amount), "side": t.side}
+    return dict(zip(TRADE_FIELDS, trade_values(symbol, t), strict=True))
 
 
 def candle_fields(symbol: str, c: Candle) -> dict[str, str]:
-    return {"type": "candle", "symbol": symbol, "ts": str(c.ts), "open": _num(c.open), "high": _num(c.high),
-            "low": _num(c.low), "close": _num(c.close), "volume": _num(c.volume),
-            "final": "true" if c.final else "false"}
+    return dict(zip(CANDLE_FIELDS, candle_values(symbol, c), strict=True))
 
 
 def gap_fields(symbol: str, from_ts: int, to_ts: int, count: int, reason: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ updates and the newest-published points are written together or not at all.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis.asyncio as aredis
@@ -14,21 +15,23 @@ from redis.backoff import NoBackoff
 
 from fullon_ohlcv_service.adapters.redis_cache import CONNECT_TIMEOUT_S, redis_errors
 from fullon_ohlcv_service.feed_layout import (
+    CANDLE_FIELDS,
     CANDLES,
     DEFAULT_MAXLEN,
     LIST_KEEP,
+    TRADE_FIELDS,
     TRADES,
     FeedBatch,
     FeedEntry,
     bar_json,
     bar_ts_ms,
-    candle_fields,
+    candle_values,
     gap_fields,
     list_key,
     parse_entry,
     published_key,
     stream_key,
-    trade_fields,
+    trade_values,
 )
 from fullon_ohlcv_service.settings import StoreURL
 
@@ -101,6 +104,25 @@ return {#fresh, changed}
 """
 
 
+# XADD many entries with one command whose entries travel as ONE JSON argument: redis-py packs every
+# argument in Python (tens of microseconds an entry as separate XADDs), json.dumps the list in C.
+# KEYS[1] the stream; ARGV[1] MAXLEN (approximate); ARGV[2] the JSON array of field names; ARGV[3] a JSON
+# array of entries, each an array of string values in that order (cjson decodes strings exactly).
+# Entries get ids from the server (``*``), so consumers can resume by id or use consumer groups.
+XADD_LUA = r"""
+local names = cjson.decode(ARGV[2])
+local rows = cjson.decode(ARGV[3])
+local k = #names
+local args = {'MAXLEN', '~', ARGV[1], '*'}
+for i = 1, k do args[3 + 2 * i] = names[i] end
+for _, row in ipairs(rows) do
+  for i = 1, k do args[4 + 2 * i] = row[i] end
+  redis.call('XADD', KEYS[1], unpack(args))
+end
+return #rows
+"""
+
+
 class RedisFeedSink:
     """ports.FeedSink for one exchange on Redis. Connects lazily; ``close()`` drops the pool."""
 
@@ -113,6 +135,7 @@ class RedisFeedSink:
         self.list_keep = list_keep
         self._client: aredis.Redis | None = None
         self._merge: Any = None
+        self._xadd: Any = None
 
     @property
     def client(self) -> aredis.Redis:
@@ -121,6 +144,7 @@ class RedisFeedSink:
                 self.url.url, retry=AsyncRetry(NoBackoff(), 0), socket_connect_timeout=CONNECT_TIMEOUT_S,
                 socket_timeout=OP_TIMEOUT_S)
             self._merge = self._client.register_script(MERGE_LUA)
+            self._xadd = self._client.register_script(XADD_LUA)
         return self._client
 
     def list_key(self, symbol: str) -> str:
@@ -132,19 +156,15 @@ class RedisFeedSink:
 
     async def publish(self, batch: FeedBatch) -> None:
         client = self.client
-        trades_key, candles_key = stream_key(self.exchange, TRADES), stream_key(self.exchange, CANDLES)
         with redis_errors(self.url):
             async with client.pipeline(transaction=True) as pipe:
                 for kind, g in batch.gaps:
-                    pipe.xadd(stream_key(self.exchange, kind),
-                              gap_fields(g.symbol, g.from_ts, g.to_ts, g.count, g.reason),  # type: ignore[arg-type]
-                              maxlen=self.maxlen, approximate=True)
-                for sym, t in batch.trades:
-                    pipe.xadd(trades_key, trade_fields(sym, t), maxlen=self.maxlen,  # type: ignore[arg-type]
-                              approximate=True)
-                for sym, c in batch.candles:
-                    pipe.xadd(candles_key, candle_fields(sym, c), maxlen=self.maxlen,  # type: ignore[arg-type]
-                              approximate=True)
+                    marker = gap_fields(g.symbol, g.from_ts, g.to_ts, g.count, g.reason)
+                    await self._entries(pipe, kind, tuple(marker), [tuple(marker.values())])
+                if batch.trades:
+                    await self._entries(pipe, TRADES, TRADE_FIELDS, [trade_values(s, t) for s, t in batch.trades])
+                if batch.candles:
+                    await self._entries(pipe, CANDLES, CANDLE_FIELDS, [candle_values(s, c) for s, c in batch.candles])
                 for sym, bars in batch.bars.items():
                     if bars:
                         args: list[Any] = [self.list_keep]
@@ -154,6 +174,11 @@ class RedisFeedSink:
                 if batch.published:
                     pipe.hset(published_key(self.exchange), mapping=batch.published)  # type: ignore[arg-type]
                 await pipe.execute()
+
+    async def _entries(self, pipe: Any, kind: str, names: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+        """Queue one XADD_LUA call adding ``rows`` (values in ``names`` order) to the ``kind`` stream."""
+        args = [self.maxlen, json.dumps(names), json.dumps(rows, separators=(",", ":"))]
+        await self._xadd(keys=[stream_key(self.exchange, kind)], args=args, client=pipe)
 
     async def published(self) -> dict[str, tuple[int, str]]:
         with redis_errors(self.url):

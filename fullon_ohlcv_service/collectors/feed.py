@@ -133,6 +133,7 @@ class FeedPublisher:
         known_ids: int = 5_000,
         candle_memory: int = 2_000,
         seed_entries: int = 5_000,
+        known_window_ms: int = 5 * MINUTE_MS,
     ) -> None:
         self.sink = sink
         self.exchange = exchange
@@ -146,6 +147,7 @@ class FeedPublisher:
         self.known_size = known_ids
         self.candle_memory = candle_memory
         self.seed_entries = seed_entries
+        self.known_window_ms = known_window_ms
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._wake = asyncio.Event()
@@ -204,12 +206,7 @@ class FeedPublisher:
         startup: dict[str, tuple[tuple[int, str] | None, Candle | None]] = {}
         for sym in symbols:
             try:
-                latest = await self.store.latest_trade(sym)
-                startup[sym] = (latest, await self.store.latest_candle(sym))
-                if latest is not None and self.with_trades:
-                    # stored already: published, or inside the restart marker; never published again
-                    async for t in self.store.iter_trades(sym, latest[0], latest[0] + 1):
-                        self._known_ids(sym).add(t.id)
+                startup[sym] = (await self.store.latest_trade(sym), await self.store.latest_candle(sym))
             except TransientError as exc:
                 self.log.warning("feed restart check skipped: store unavailable", symbol=sym, error=str(exc))
         self._startup = startup
@@ -283,7 +280,7 @@ class FeedPublisher:
 
     def _resolve(self, sym: str, trades: Sequence[Trade], n: int,
                  also_known: set[str] | None = None) -> tuple[list[Trade] | None, list[Trade]]:
-        """Which of a batch's trades were the ``n`` new ones: (those, []) or, when that cannot be told, (None, suspects).
+        """Which of a batch's trades were the ``n`` new: (those, []), or (None, suspects) when that cannot be told.
 
         All new, none new, or the trades this process has not published (nor marked) yet when their
         number is ``n``.
@@ -385,6 +382,12 @@ class FeedPublisher:
         batch = FeedBatch.empty()
         republish: dict[str, list[Candle]] = {}
         for sym, (latest_trade, latest_candle) in startup.items():
+            if self.with_trades and latest_trade is not None:
+                # The newest stored trades were published or fall inside the marker below: never again.
+                # (A repair or a catch-up re-sends some of them together with new ones.)
+                since = latest_trade[0] - self.known_window_ms
+                async for t in self.store.iter_trades(sym, since, latest_trade[0] + 1):
+                    self._known_ids(sym).add(t.id)
             wm = self._wm.get(published_field(TRADES, sym))
             if self.with_trades and latest_trade is not None and wm is not None and latest_trade > wm:
                 batch.gaps.append((TRADES, Gap(sym, wm[0], latest_trade[0], 0, "restart")))
@@ -489,15 +492,15 @@ class FeedPublisher:
                 if out is None:  # cannot tell which are new: the consumer reads the range from the store
                     lo, hi = min(t.ts for t in unsure), max(t.ts for t in unsure)
                     batch.gaps.append((TRADES, Gap(sym, lo, hi, n, "ambiguous")))
+                    self.log.info("feed: cannot tell which re-sent trades are new; gap marker", symbol=sym, new=n,
+                                  trades=len(trades), suspects=len(unsure), from_ts=lo, to_ts=hi)
                     advance(TRADES, sym, (hi, ""))
                     out = unsure
                 else:
-                    for t in out:
-                        batch.trades.append((sym, t))
-                        advance(TRADES, sym, (t.ts, t.id))
-                for t in out:
-                    ids.append((sym, t.id))
-                    taken.add(t.id)
+                    batch.trades.extend((sym, t) for t in out)
+                    advance(TRADES, sym, max((t.ts, t.id) for t in out))
+                ids.extend((sym, t.id) for t in out)
+                taken.update(t.id for t in out)
             for sym, candles in it.candles.items():
                 for c in candles:
                     if self._published_already(sym, c):

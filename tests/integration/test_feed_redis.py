@@ -1,4 +1,4 @@
-"""The Redis feed sink on a real Redis: the OHLCVCache list merge (read back as fullon_cache reads it) and the streams."""
+"""The Redis feed sink on a real Redis: the OHLCVCache list merge (read as fullon_cache reads it), the streams."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FeedPublisher's rules with the real BatchWriter, an in-memory store and sink: each committed row once, drops and gaps."""
+"""FeedPublisher's rules with the real BatchWriter, in-memory store and sink: each row once, drops, gap markers."""
 
 from __future__ import annotations
 
