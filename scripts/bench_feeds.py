@@ -77,6 +77,13 @@ class FedPipeline:
         from fullon_ohlcv_service.settings import parse_store_url
 
         spec = ExchangeSpec("kraken", tuple(SymbolSpec(s, backtest_days=0) for s in self.symbols))
+        import signal
+
+        def dump() -> None:
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, dump)  # where a stuck run waits
         async with AsyncExitStack() as stack:
             store = await stack.enter_async_context(
                 open_ohlcv_store(parse_store_url("bench", self.db, ("postgresql",)), "kraken"))
@@ -222,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, help="skip the search: offer this many trades/s")
     p.add_argument("--redis", default=REDIS, help=f"Redis URL for the feeds, flushed (default {REDIS})")
     args = p.parse_args(argv)
+    import faulthandler
+    import signal
+
     import uvloop
+
+    faulthandler.register(signal.SIGUSR1)  # a stuck run can be asked where it is: kill -USR1 PID
 
     rate = args.rate
     if rate is None:
