@@ -233,6 +233,5 @@ def test_trade_stream_consumer_through_kill9_ws_drop_and_redis_restart(
             assert fullon_bars(r, "kraken:" + symbol.replace("/", "")) == as_bars(finals), symbol
         print(f"consumer: {len(trades)} trade entries, {len(gaps)} gap markers "
               f"({[(g.symbol, g.reason, g.count) for g in gaps]}), {consumer.errors} read errors")
-        print("\n".join(ln for ln in w.logs().splitlines() if "feed" in ln or "catch" in ln or "websocket" in ln))
     finally:
         r.close()
