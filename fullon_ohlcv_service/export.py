@@ -7,6 +7,7 @@ import asyncio
 import csv
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import IO, Any
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="first time included: ISO-8601 or epoch ms")
     p.add_argument("--until", help="first time excluded: ISO-8601 or epoch ms")
     p.add_argument("--format", choices=("csv", "json"), default="json", help="json lines (default) or csv")
+    p.add_argument("--follow", action="store_true",
+                   help="after the stored rows, print new rows as they are committed (from the Redis stream when "
+                        "one is configured, else by polling the store) until Ctrl-C")
+    p.add_argument("--feed-redis", metavar="URL",
+                   help="Redis of the live feeds, for --follow (env OHLCV_FEED_REDIS; default: the --cache if Redis)")
     add_common_args(p)
     return p
 
@@ -77,7 +83,7 @@ def _writer(fmt: str, fields: tuple[str, ...], out: IO[str]) -> Callable[[dict[s
 
 async def export(
     settings: Settings, exchange: str, symbol: str, kind: str, since: int | None, until: int | None,
-    fmt: str, out: IO[str],
+    fmt: str, out: IO[str], follow_until: asyncio.Event | None = None,
 ) -> int:
     """Write the rows to ``out``; return how many. Raises ConfigError naming an unknown exchange/symbol."""
     url = settings.ohlcv_db
@@ -87,6 +93,13 @@ async def export(
     async with open_ohlcv_store(url, exchange) as store:
         if not await store.has_symbol(symbol):
             raise _Unknown(f"no stored data for {exchange} {symbol} in {settings.ohlcv_db.redacted}")
+        if follow_until is not None:  # --follow: stored rows, then new ones until the event is set
+            from fullon_ohlcv_service.follow import follow
+
+            rows = _writer(fmt, TRADE_FIELDS if kind == "trades" else CANDLE_FIELDS, out)
+            return await follow(store, symbol, kind, since,
+                                lambda r: rows(trade_row(r) if isinstance(r, Trade) else candle_row(r)),
+                                out.flush, follow_until, settings.feed_url)
         n = 0
         if kind == "trades":
             write = _writer(fmt, TRADE_FIELDS, out)
@@ -106,6 +119,16 @@ async def export(
         return n
 
 
+async def _follow_main(settings: Settings, exchange: str, symbol: str, kind: str, since: int | None,
+                       fmt: str) -> int:
+    """--follow until SIGINT (Ctrl-C) or SIGTERM: a requested stop, so the exit code is 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return await export(settings, exchange, symbol, kind, since, None, fmt, sys.stdout, follow_until=stop)
+
+
 class _Unknown(Exception):
     """The exchange or symbol has no stored tables."""
 
@@ -120,9 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     since = _time_arg(parser, "--since", ns.since)
     until = _time_arg(parser, "--until", ns.until)
+    if ns.follow and until is not None:
+        parser.error("--until and --follow exclude each other")
     settings = settings_from_args(ns)
     try:
-        asyncio.run(export(settings, exchange, symbol, ns.kind, since, until, ns.format, sys.stdout))
+        if ns.follow:
+            asyncio.run(_follow_main(settings, exchange, symbol, ns.kind, since, ns.format))
+        else:
+            asyncio.run(export(settings, exchange, symbol, ns.kind, since, until, ns.format, sys.stdout))
     except _Unknown as exc:
         print(f"ohlcv-export: error: {exc}", file=sys.stderr)
         return 1

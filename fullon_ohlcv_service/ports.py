@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from fullon_ohlcv_service.feed_layout import FeedBatch, FeedEntry
 from fullon_ohlcv_service.models import Candle, ExchangeSpec, Reject, Trade
 
 # fullon_cache's enum strings.
@@ -224,6 +225,33 @@ class ExchangeClient(Protocol):
 
     async def watch_ohlcv(self, symbol: str) -> list[Candle]:
         """Next live 1m candle updates for ``symbol`` (finality decided by the adapter)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class FeedSink(Protocol):
+    """Where committed rows are published for consumers (Redis: adapters/redis_feed.py; collectors/feed.py drives it).
+
+    Every method raises StoreUnavailable when the sink cannot be reached.
+    """
+
+    async def ping(self) -> None: ...
+
+    async def publish(self, batch: FeedBatch) -> None:
+        """Write the whole batch atomically (all of it or none of it)."""
+        ...
+
+    async def published(self) -> dict[str, tuple[int, str]]:
+        """The newest point published per ``kind:symbol`` field: (ts ms, trade id or "")."""
+        ...
+
+    async def recent(self, kind: str, count: int) -> list[FeedEntry]:
+        """The newest ``count`` entries of a stream, newest first."""
+        ...
+
+    async def list_last_ts(self, symbol: str) -> int | None:
+        """The minute (ms) of the last element of ``symbol``'s OHLCVCache list, or None when empty."""
         ...
 
     async def close(self) -> None: ...

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from fullon_ohlcv_service.errors import ConfigError
+from fullon_ohlcv_service.feed_layout import DEFAULT_MAXLEN, PUBLISH_MODES, SYMBOL_FORMS
 from fullon_ohlcv_service.memory import DEFAULT_BUFFER_MB, MIB, MIN_BUFFER_MB, ROW_BYTES, writer_rows_fit
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -131,6 +132,25 @@ class Settings:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     simulator: str | None = None  # base URL of an exchange simulator; rewrites every ccxt URL
+    # live feeds (collectors/feed.py): None = "candles" when a Redis is configured for them, else "off"
+    publish: str | None = None
+    feed_redis: StoreURL | None = None  # None: the process cache when it is Redis
+    stream_maxlen: int = DEFAULT_MAXLEN
+    feed_symbols: str = "qualified"  # OHLCVCache symbol: kraken:BTCUSD, or bare BTCUSD
+
+    @property
+    def feed_url(self) -> StoreURL | None:
+        """The Redis the live feeds go to: ``--feed-redis``, else the process cache when it is Redis."""
+        if self.feed_redis is not None:
+            return self.feed_redis
+        return self.cache if self.cache.kind == "redis" else None
+
+    @property
+    def publish_mode(self) -> str:
+        """``off``, ``candles`` or ``all``; by default ``candles`` when a Redis is there for the feeds."""
+        if self.publish is not None:
+            return self.publish
+        return "candles" if self.feed_url is not None else "off"
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A validated copy with ``changes`` applied (None values are ignored)."""
@@ -167,6 +187,15 @@ class Settings:
         if not writer_rows_fit(self.buffer_rows, self.buffer_mb * MIB):
             raise ConfigError(f"--buffer-rows: {self.buffer_rows} rows do not fit in a quarter of --buffer-mb "
                               f"{self.buffer_mb} (about {ROW_BYTES} bytes a row)")
+        if self.publish is not None and self.publish not in PUBLISH_MODES:
+            raise ConfigError(f"--publish: {self.publish!r} is not one of {', '.join(PUBLISH_MODES)}")
+        if self.publish_mode != "off" and self.feed_url is None:
+            raise ConfigError(f"--publish {self.publish_mode}: the live feeds need Redis; give --feed-redis "
+                              "redis://host:port/db or a Redis --cache")
+        if self.feed_symbols not in SYMBOL_FORMS:
+            raise ConfigError(f"--feed-symbols: {self.feed_symbols!r} is not one of {', '.join(SYMBOL_FORMS)}")
+        if not self.stream_maxlen >= 1:
+            raise ConfigError(f"--stream-maxlen: must be >= 1, got {self.stream_maxlen}")
         if self.simulator is not None:
             parts = urlsplit(self.simulator)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -259,6 +288,8 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
     cache = parse_store_url(
         "--cache/OHLCV_CACHE", pick(overrides.pop("cache", None), "OHLCV_CACHE", default_cache), ("sqlite", "redis")
     )
+    feed_raw = overrides.pop("feed_redis", None) or env.get("OHLCV_FEED_REDIS")
+    feed_redis = parse_store_url("--feed-redis/OHLCV_FEED_REDIS", feed_raw, ("redis",)) if feed_raw else None
     base: dict[str, Any] = {
         "home": home,
         "config_db": config_db,
@@ -268,6 +299,8 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
         "log_level": (env.get("LOG_LEVEL") or "INFO").upper(),
         "log_format": (env.get("LOG_FORMAT") or "text").lower(),
         "log_file": env.get("LOG_FILE_PATH") or None,
+        "feed_redis": feed_redis,
+        "publish": (env.get("OHLCV_PUBLISH") or "").lower() or None,
     }
     hb = _float_env(env, "OHLCV_HEARTBEAT_INTERVAL")
     if hb is not None:
@@ -289,6 +322,20 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cache", help="process cache URL (env OHLCV_CACHE, or REDIS_HOST...)")
     g.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="env LOG_LEVEL (default INFO)")
     g.add_argument("--log-format", choices=LOG_FORMATS, help="env LOG_FORMAT (default text)")
+
+
+def add_feed_args(parser: argparse.ArgumentParser) -> None:
+    """The live feed flags of the supervisor and the worker (README "Live feeds")."""
+    g = parser.add_argument_group("live feeds (Redis: fullon_cache's OHLCVCache list and Redis Streams)")
+    g.add_argument("--publish", choices=PUBLISH_MODES,
+                   help="off, candles (OHLCVCache 1m list + candle stream) or all (also the trade stream); "
+                        "env OHLCV_PUBLISH; default candles when the cache (or --feed-redis) is Redis, else off")
+    g.add_argument("--feed-redis", metavar="URL",
+                   help="Redis for the feeds (env OHLCV_FEED_REDIS; default: the --cache when it is Redis)")
+    g.add_argument("--stream-maxlen", type=int, metavar="N",
+                   help=f"entries kept per stream, XADD MAXLEN ~ N (default {DEFAULT_MAXLEN})")
+    g.add_argument("--feed-symbols", choices=SYMBOL_FORMS,
+                   help="OHLCVCache symbol: qualified kraken:BTCUSD (default) or bare BTCUSD (one exchange only)")
 
 
 _NAME_RE = re.compile(r"^[a-z_]+$")

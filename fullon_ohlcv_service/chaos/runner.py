@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from fullon_ohlcv_service.chaos import audit, procs, services
+from fullon_ohlcv_service.chaos import audit, feed_audit, procs, services
 from fullon_ohlcv_service.chaos import schedule as sched
 from fullon_ohlcv_service.chaos.report import AppliedFault, Report, SymbolResult
 from fullon_ohlcv_service.chaos.servers import HOST, PrivatePostgres, PrivateRedis
@@ -161,6 +161,7 @@ class ChaosRun:
         self.sessions: set[int] = set()  # every process we start leads its own session
         self.planned_down: list[tuple[str, float, float]] = []  # (server, from, to) of our own outages
         self.availability = services.Availability({})  # watches the private servers once they run
+        self.feeds = feed_audit.FeedCheck(opts.redis_db)  # --publish all, audited after the catch-up
 
     # ------------------------------------------------------------------ helpers
 
@@ -213,6 +214,7 @@ class ChaosRun:
             self.cache_url = f"sqlite://{home / 'cache.sqlite'}"
         env["OHLCV_CACHE"] = self.cache_url
         self.env = env
+        self.feeds.prepare(self)
         self._start_simulator()
         self._config("init")
         for ex in self.opts.exchanges:
@@ -275,7 +277,7 @@ class ChaosRun:
                 "--heartbeat-interval", f"{o.heartbeat_interval:g}", "--heartbeat-timeout", f"{o.heartbeat_timeout:g}",
                 "--boot-grace", f"{o.boot_grace:g}", "--kill-grace", f"{o.kill_grace:g}",
                 "--graceful-timeout", f"{o.graceful_timeout:g}", "--backoff-initial", "0.5", "--backoff-max", "4",
-                "--restart-budget", str(self.restart_budget())]
+                "--restart-budget", str(self.restart_budget()), *self.feeds.supervisor_args()]
 
     def restart_budget(self) -> int:
         """The default hourly budget (20), raised when the schedule itself restarts one exchange more often."""
@@ -785,6 +787,7 @@ class ChaosRun:
             self._phase_faults()
             self._measure_detection()
             self._phase_catchup()
+            self.feeds.audit(self)
             results = self._audit()
             with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
                 self.sim_stats = self._http("GET", "/_sim/stats", timeout=10)
@@ -804,6 +807,7 @@ class ChaosRun:
                         restarts=restarts, orphans=self.orphans, errors=self.errors, notes=self.notes,
                         started_ms=self.started_ms, ended_ms=now_ms())
         report.context["simulator_stats"] = self.sim_stats
+        report.context["feeds"] = self.feeds.to_json()
         report.context["workers"] = [
             {"exchange": e.exchange, "pid": e.pid, "at": ms_to_iso(e.wall_ms),
              "t": round(e.mono - self.phase_mono, 3) if self.phase_mono else None} for e in self.watch.events()]
@@ -858,6 +862,7 @@ class ChaosRun:
                     _killpg(self.sim.pid)
                     self.sim.wait(timeout=10)
         self._check_orphans("at the end")
+        self.feeds.cleanup(self.opts.keep)
         for server in (self.redis, self.pg):  # the run's own servers go, whatever happened, with their files
             if server is not None:
                 server.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
@@ -62,6 +62,10 @@ class _Op:
     live: bool = False  # live trades: their emit-to-commit latency is measured
 
 
+# Told of every committed batch, after its commit (collectors/feed.py publishes it); must not block or raise.
+CommitHook = Callable[[Sequence[_Op], Mapping[str, SymbolStats]], None]
+
+
 class BatchWriter:
     """Queue rows for one store and write them in batches.
 
@@ -97,8 +101,10 @@ class BatchWriter:
         rejects: RejectBook | None = None,
         unclassified_attempts: int = 3,
         max_queued_rejects: int = 10_000,
+        on_commit: CommitHook | None = None,
     ) -> None:
         self._store = store
+        self.on_commit = on_commit
         self.flush_rows = flush_rows
         self.flush_interval = flush_interval
         self.buffer_rows = max(buffer_rows, flush_rows)
@@ -295,6 +301,8 @@ class BatchWriter:
         self._rows -= rows
         self._committed = batch[-1].seq
         self._progress.set()
+        if self.on_commit is not None:  # live feeds: only what is committed, after the commit
+            self.on_commit(batch, self.stats)
 
     def _observe(self, batch: list[_Op], took_s: float) -> None:
         """Histograms of a committed batch: its commit time, and each live trade's emit-to-commit latency."""

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from fullon_ohlcv_service import log
 from fullon_ohlcv_service.errors import EXIT_USAGE, ConfigError, OhlcvError, StoreUnavailable
 from fullon_ohlcv_service.models import ExchangeSpec
-from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
+from fullon_ohlcv_service.settings import Settings, add_common_args, add_feed_args, settings_from_args
 
 if TYPE_CHECKING:
     from fullon_ohlcv_service.metrics.process import ExporterProcess
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address /metrics listens on (default 127.0.0.1)")
     m.add_argument("--metrics-per-symbol", choices=("on", "off"), default="on",
                    help="export the per-symbol series (8 per symbol; default on)")
+    add_feed_args(p)
     add_common_args(p)
     return p
 
@@ -142,7 +143,7 @@ PRELOAD = (
     "fullon_ohlcv_service.adapters.stores", "fullon_ohlcv_service.adapters.sqlite_store",
     "fullon_ohlcv_service.adapters.postgres_store", "fullon_ohlcv_service.adapters.redis_cache",
     "fullon_ohlcv_service.adapters.sqlite_cache", "fullon_ohlcv_service.adapters.ccxt_exchange",
-    "fullon_ohlcv_service.worker.main",
+    "fullon_ohlcv_service.adapters.redis_feed", "fullon_ohlcv_service.worker.main",
 )
 
 

@@ -7,7 +7,7 @@ import asyncio
 
 from fullon_ohlcv_service.errors import ConfigError
 from fullon_ohlcv_service.models import ExchangeSpec
-from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
+from fullon_ohlcv_service.settings import Settings, add_common_args, add_feed_args, settings_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between REST reconciliations of the last final candles (default 60)")
     p.add_argument("--no-native-ohlcv", action="store_true",
                    help="do not watch the exchange's live candles (candles then come from trades and REST only)")
+    add_feed_args(p)
     add_common_args(p)
     return p
 

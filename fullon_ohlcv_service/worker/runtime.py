@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+from fullon_ohlcv_service.collectors.feed import FeedPublisher, open_feed
 from fullon_ohlcv_service.collectors.ohlcv import CandleCollector
 from fullon_ohlcv_service.collectors.rejects import RejectBook
 from fullon_ohlcv_service.collectors.trades import SilencePolicy, TradeCollector
@@ -72,6 +73,7 @@ class WorkerRuntime:
         self.trades: TradeCollector | None = None
         self.candles: CandleCollector | None = None
         self.writer: BatchWriter | None = None
+        self.feed: FeedPublisher | None = None
         self.lag = LoopLag()
         self.heartbeat: Heartbeat | None = None
         self.client: ExchangeClient | None = None
@@ -119,6 +121,8 @@ class WorkerRuntime:
                 if store is None:
                     code = EXIT_OK
                 else:
+                    feed = open_feed(s, self.spec.name, store, self.log)  # live feeds, if published
+                    self.feed = await stack.enter_async_context(feed) if feed is not None else None
                     client: ExchangeClient = await stack.enter_async_context(self._client())  # type: ignore[arg-type]
                     self.client = client
                     code = await self._collect(store, client)
@@ -194,6 +198,7 @@ class WorkerRuntime:
         writer = self.writer = BatchWriter(
             store, flush_rows=s.flush_rows, flush_interval=s.flush_interval, buffer_rows=s.buffer_rows,
             backoff_max=min(5.0, s.backoff_max), log=self.log, rejects=self.rejects,
+            on_commit=self.feed.committed if self.feed is not None else None,
         )
         trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence,
                                               buffer_bytes_max=s.buffer_mb * MIB)
@@ -202,6 +207,8 @@ class WorkerRuntime:
         await self._until_stopped(self._retrying_prepare(trades))
         if self.stop.is_set():
             return await self._shutdown([], writer, writer_task)
+        if self.feed is not None:
+            await self.feed.start(trades.active())  # before any commit: what the store held at start
         tasks = [asyncio.create_task(self._guard("live", trades.live_loop), name="live")]
         for sp in listed:
             tasks.append(asyncio.create_task(self._guard(f"sync:{sp.symbol}", self._sync(trades, sp.symbol))))

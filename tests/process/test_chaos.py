@@ -72,6 +72,10 @@ def test_short_chaos_run_on_sqlite_loses_nothing_and_would_see_a_loss() -> None:
     # every configured symbol and the one added at the SIGHUP were audited, candles included
     assert len({(s["exchange"], s["symbol"]) for s in doc["symbols"]}) == 7
     assert all(s["candles"]["expected"] > 0 for s in doc["symbols"])
+    # it published every feed, and the streams and OHLCVCache lists matched the store (chaos/feed_audit.py)
+    feeds = doc["feeds"]
+    assert feeds["enabled"] and feeds["ok"] and len(feeds["symbols"]) == 7, feeds
+    assert all(s["published"] > 0 and s["bars"] > 0 for s in feeds["symbols"])
 
     # The planted defects are found, exactly.
     bad = {(r.exchange, r.symbol): r for r in run.tampered}
