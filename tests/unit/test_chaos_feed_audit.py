@@ -74,6 +74,6 @@ def test_the_ohlcv_list_must_equal_the_stored_finals() -> None:
 def test_supervisor_flags_only_when_enabled() -> None:
     check = FeedCheck(12)
     assert check.supervisor_args() == []
-    check.enabled = True
-    assert check.supervisor_args() == ["--publish", "all", "--feed-redis", "redis://127.0.0.1:6379/12",
+    check.enabled, check.url = True, "redis://127.0.0.1:40123/12"  # prepare() sets both (a private Redis)
+    assert check.supervisor_args() == ["--publish", "all", "--feed-redis", "redis://127.0.0.1:40123/12",
                                        "--stream-maxlen", "5000000"]
