@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fullon_ohlcv_service.chaos.servers import PrivatePostgres, PrivateRedis
+from chaos.servers import PrivatePostgres, PrivateRedis
 from tests.services import need, private
 
 PG_HOST = os.environ.get("OHLCV_TEST_PG_HOST", "127.0.0.1")

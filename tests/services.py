@@ -13,7 +13,7 @@ from typing import NoReturn, TypeVar
 
 import pytest
 
-from fullon_ohlcv_service.chaos.servers import PrivateServer
+from chaos.servers import PrivateServer
 
 REQUIRE = os.environ.get("OHLCV_REQUIRE_SERVICES") == "1"
 S = TypeVar("S", bound=PrivateServer)

@@ -16,7 +16,9 @@ names are ignored (other fullon services share that table), bad values raise Con
 - ``base_url``: rewrite every REST and websocket URL of the exchange to this base (the simulator's
   rewrite, for a proxy or a mirror); the rate limiter stays on unless ``enable_rate_limit=false``.
 
-Behaviour worth knowing (checked against ccxt 4.5.90's source):
+Behaviour worth knowing (checked against ccxt 4.5.90's source). What differs between venues (page sizes,
+the REST OHLC depth, pagination by time or id, the aggTrades window, ccxt options) is read from the venue's
+capability table (``venues.py``); nothing here tests the exchange's name.
 
 - Binance: one trade-id space on both sides, the aggregate id (``/api/v3/aggTrades`` for REST,
   ``@aggTrade`` streams for the websocket). ccxt asks aggTrades for ``[since, since + 1 h]``, so an
@@ -86,11 +88,8 @@ from fullon_ohlcv_service.validation import (
     candle_reject,
     trade_reject,
 )
+from fullon_ohlcv_service.venues import Capabilities, Pagination, capabilities
 
-HOUR_MS = 3_600_000
-OHLCV_DEPTH = {"kraken": 720}  # 1m bars the REST OHLC endpoint serves at most; absent = deep
-DEFAULT_PAGE = {"binance": 1000}  # ask for the maximum where ccxt's default is smaller
-KRAKEN_PAGE = 1000  # Kraken's Trades page size when no count is given
 MAX_PENDING_TRADES = 200_000  # live trades held between two watch_trades calls
 _MAX_EXTEND = 20  # extra requests to leave a millisecond holding more than a page of trades
 _REMOVED = {
@@ -207,16 +206,8 @@ def _parse_ms(key: str, text: str) -> int:
 
 
 def exchange_options(name: str) -> dict[str, Any]:
-    """The ccxt ``options`` this service needs for ``name`` (no URLs, no rate limits)."""
-    if name == "binance":
-        return {
-            "fetchMarkets": {"types": ["spot"]},
-            "fetchCurrencies": False,
-            "fetchMargins": False,
-            "watchTrades": {"name": "aggTrade"},
-            "watchTradesForSymbols": {"name": "aggTrade"},
-        }
-    return {}
+    """The ccxt ``options`` this service needs for ``name`` (no URLs, no rate limits), from its capability table."""
+    return capabilities(name).ccxt_options()
 
 
 def build_config(name: str, params: Mapping[str, str], simulator: str | None) -> dict[str, Any]:
@@ -326,6 +317,20 @@ def sort_trades(trades: list[Trade]) -> list[Trade]:
     """Sort by (ts, numeric id); ids that are not numbers sort after numbers in the same ms."""
     trades.sort(key=lambda t: (t.ts, _id_key(t.id)))
     return trades
+
+
+def page_cursor(pagination: Pagination, raw: Sequence[Mapping[str, Any]]) -> str | int | None:
+    """The exchange's own cursor past every row of a non-empty REST trade page, refused rows included.
+
+    ``"id"``: the highest numeric trade id + 1 (Binance's ``fromId``). ``"time"``: the time cursor the exchange
+    returned with the page, which ccxt appends to the last row's raw list (Kraken's ``last``, in ns).
+    """
+    if pagination == "id":
+        ids = [int(r["id"]) for r in raw if isinstance(r.get("id"), str) and _numeric(r["id"])]
+        return max(ids) + 1 if ids else None
+    info = raw[-1].get("info")
+    cursor = info[-1] if isinstance(info, list) and len(info) > 7 else None
+    return None if cursor is None else str(cursor)
 
 
 # --------------------------------------------------------------------------- ccxt.pro hooks
@@ -540,7 +545,8 @@ class CcxtExchange:
         check_exchange_supported(spec.name)
         self.spec = spec
         self.name = spec.name
-        self.ohlcv_depth: int | None = OHLCV_DEPTH.get(spec.name)
+        self.venue: Capabilities = capabilities(spec.name)  # what this exchange serves and allows (venues.py)
+        self.ohlcv_depth: int | None = self.venue.ohlcv_depth
         self.simulator = simulator
         self.config = build_config(spec.name, spec.params, simulator)
         self.malformed_frames = 0
@@ -638,12 +644,10 @@ class CcxtExchange:
         refused is followed by the next one (the exchange's own cursor moves past refused rows).
         """
         await self._market(symbol)
-        limit = limit or DEFAULT_PAGE.get(self.name)
+        limit = limit or self.venue.trade_limit
         try:
-            if self.name == "binance":
-                page = await self._binance_trades(symbol, since, limit)
-            else:
-                page = await self._plain_trades(symbol, since, limit)
+            page, raw = await self._first_trades(symbol, since, limit)
+            page = await self._follow_cursor(symbol, since, limit, raw, page)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -681,57 +685,55 @@ class CcxtExchange:
         self._reject(symbol, refused)
         return sort_trades(page)
 
-    async def _plain_trades(self, symbol: str, since: int, limit: int | None) -> list[Trade]:
-        params: dict[str, Any] = {}
-        if self.name == "kraken":
-            params["since"] = str(since * 1_000_000 - 1)  # a ns cursor: the page starts at `since` exactly
-        raw = await self._rest_trades(symbol, since, limit, params)
-        page = self._take_trades(symbol, raw, since)
-        if self.name == "kraken":
-            # a full page with no valid trade after the `since` ms (all in that ms, or refused): follow
-            # Kraken's cursor, which is past every row of the page, refused ones included
-            for _ in range(_MAX_EXTEND):
-                if len(raw) < (limit or KRAKEN_PAGE) or (page and page[-1].ts > since):
-                    break
-                info = raw[-1].get("info")
-                cursor = info[-1] if isinstance(info, list) and len(info) > 7 else None
-                if cursor is None:
-                    break
-                raw = await self._rest_trades(symbol, since, limit, {"since": str(cursor)})
-                if not raw:
-                    break
-                page = self._merge(page, self._take_trades(symbol, raw, since))
+    async def _first_trades(self, symbol: str, since: int,
+                            limit: int | None) -> tuple[list[Trade], list[dict[str, Any]]]:
+        """The first page from ``since`` (valid trades, and the rows of its last response).
+
+        Where a time query covers a bounded window (Binance aggTrades, ``[start, start + 1 h]``), an hour
+        without trades is an empty page: step to the next window while one held everything it had (not a full
+        page) and nothing after the ``since`` millisecond, until now; otherwise a (ts, id) cursor could not move
+        on. A nanosecond ``since`` (Kraken) makes the page start exactly at ``since``, not at its whole second.
+        """
+        venue = self.venue
+        full = limit or venue.trade_page_default
+        start, page = since, list[Trade]()
+        while True:
+            params: dict[str, Any] = {}
+            if venue.trade_since_ns:
+                params["since"] = str(start * 1_000_000 - 1)
+            raw = await self._rest_trades(symbol, start, limit, params)
+            page = self._merge(page, self._take_trades(symbol, raw, since))
+            window = venue.trade_window_ms
+            if window is None or len(raw) >= full or (page and page[-1].ts > since) or start + window >= now_ms():
+                return page, raw
+            start += window + 1
+
+    async def _follow_cursor(self, symbol: str, since: int, limit: int | None, raw: list[dict[str, Any]],
+                             page: list[Trade]) -> list[Trade]:
+        """After a full page with no valid trade after the ``since`` ms (all in that ms, or refused), follow the
+        exchange's own cursor (``page_cursor``), which is past every row the page held, refused ones included."""
+        venue = self.venue
+        if venue.trade_cursor_arg is None:
+            return page
+        full = limit or venue.trade_page_default
+        for _ in range(_MAX_EXTEND):
+            if len(raw) < full or (page and page[-1].ts > since):
+                break
+            cursor = page_cursor(venue.trade_pagination, raw)
+            if cursor is None:
+                break
+            # an id cursor is asked alone: a time bound with it would narrow it again (Binance's window)
+            raw = await self._rest_trades(symbol, since if venue.trade_pagination == "time" else None, limit,
+                                          {venue.trade_cursor_arg: cursor})
+            if not raw:
+                break
+            page = self._merge(page, self._take_trades(symbol, raw, since))
         return page
 
     @staticmethod
     def _merge(page: list[Trade], more: list[Trade]) -> list[Trade]:
         seen = {t.id for t in page}
         return sort_trades(page + [t for t in more if t.id not in seen])
-
-    async def _binance_trades(self, symbol: str, since: int, limit: int | None) -> list[Trade]:
-        full = limit or 500
-        start, page = since, list[Trade]()
-        while True:
-            raw = await self._rest_trades(symbol, start, limit, {})  # aggTrades, [start, start + 1 h]
-            page = self._merge(page, self._take_trades(symbol, raw, since))
-            # Step to the next hour while the window held everything it had (not a full page) and
-            # nothing after the `since` millisecond: otherwise a (ts, id) cursor could not move on.
-            if len(raw) >= full or (page and page[-1].ts > since) or start + HOUR_MS >= now_ms():
-                break
-            start += HOUR_MS + 1
-        # a full page with no valid trade after the `since` ms (all in that ms, or refused): continue by
-        # aggregate id past every row the page held, refused ones included
-        for _ in range(_MAX_EXTEND):
-            if len(raw) < full or (page and page[-1].ts > since):
-                break
-            ids = [int(r["id"]) for r in raw if isinstance(r.get("id"), str) and _numeric(r["id"])]
-            if not ids:
-                break
-            raw = await self._rest_trades(symbol, None, limit, {"fromId": max(ids) + 1})
-            if not raw:
-                break
-            page = self._merge(page, self._take_trades(symbol, raw, since))
-        return page
 
     async def fetch_ohlcv(self, symbol: str, since: int, limit: int | None = None) -> list[Candle]:
         """One page of 1m candles from ``since``; a minute not yet closed comes back ``final=False``.
@@ -740,7 +742,7 @@ class CcxtExchange:
         is followed by the next one.
         """
         await self._market(symbol)
-        limit = limit or DEFAULT_PAGE.get(self.name)
+        limit = limit or self.venue.candle_limit
         start = since
         candles: list[Candle] = []
         try:

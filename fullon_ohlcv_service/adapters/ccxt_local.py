@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 from urllib.parse import urlsplit
 
 from fullon_ohlcv_service.errors import ConfigError, ExchangeUnsupported
-
-# options each exchange needs so that load_markets asks only what the simulator serves
-_OPTIONS: dict[str, dict[str, Any]] = {
-    "binance": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False},
-}
+from fullon_ohlcv_service.venues import capabilities
 
 
 def _exchange_class(exchange_id: str) -> Any:
@@ -65,7 +62,7 @@ def local_overrides(exchange_id: str, base_url: str) -> dict[str, Any]:
     api = cls().describe()["urls"]["api"]
     return {
         "urls": {"api": _rewrite(api, exchange_id, base_url)},
-        "options": dict(_OPTIONS.get(exchange_id, {})),
+        "options": copy.deepcopy(dict(capabilities(exchange_id).markets_options)),  # load_markets: spot only
         "enableRateLimit": False,
     }
 

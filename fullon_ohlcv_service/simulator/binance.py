@@ -18,13 +18,14 @@ from fullon_ohlcv_service.simulator.poison import (
     latest_entries,
     minute_candles,
 )
-from fullon_ohlcv_service.simulator.venue import TradeCursor, Venue, WsSession, dumps, json_response
+from fullon_ohlcv_service.simulator.venue import TradeCursor, Venue, WsSession, bound, dumps, json_response
+from fullon_ohlcv_service.venues import BINANCE
 
-KLINES_MAX = 1000
-KLINES_DEFAULT = 500
-TRADES_MAX = 1000
-TRADES_DEFAULT = 500
-AGG_WINDOW_MAX_MS = 3_600_000
+KLINES_MAX = bound(BINANCE.candle_page_max, "Binance klines page")
+KLINES_DEFAULT = bound(BINANCE.candle_page_default, "Binance klines default page")
+TRADES_MAX = bound(BINANCE.trade_page_max, "Binance trades page")
+TRADES_DEFAULT = BINANCE.trade_page_default
+AGG_WINDOW_MAX_MS = bound(BINANCE.trade_window_ms, "Binance aggTrades window")
 
 
 def market_id(symbol: str) -> str:

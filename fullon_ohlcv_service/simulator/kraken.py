@@ -21,11 +21,12 @@ from fullon_ohlcv_service.simulator.poison import (
     kraken_iso_ms,
     latest_entries,
 )
-from fullon_ohlcv_service.simulator.venue import TradeCursor, Venue, WsSession, chunks, dumps, json_response
+from fullon_ohlcv_service.simulator.venue import TradeCursor, Venue, WsSession, bound, chunks, dumps, json_response
+from fullon_ohlcv_service.venues import KRAKEN
 
-OHLC_MAX_BARS = 720
-TRADES_MAX = 1000
-SNAPSHOT_TRADES = 50
+OHLC_MAX_BARS = bound(KRAKEN.ohlcv_depth, "Kraken REST OHLC depth")
+TRADES_MAX = bound(KRAKEN.trade_page_max, "Kraken Trades page")
+SNAPSHOT_TRADES = bound(KRAKEN.trade_snapshot_size, "Kraken trade snapshot size")
 SNAPSHOT_CANDLES = 10
 FRAME_TRADES = 1000
 HEARTBEAT_S = 1.0  # trades per websocket update frame in burst mode

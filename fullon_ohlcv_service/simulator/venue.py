@@ -29,6 +29,16 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json", headers=headers)
 
 
+def bound(value: int | None, what: str) -> int:
+    """A limit the capability table (``fullon_ohlcv_service/venues.py``) gives for a venue the simulator serves.
+
+    The simulator serves the same page sizes and depths the adapter reads, from that one table.
+    """
+    if value is None:
+        raise RuntimeError(f"the capability table gives no {what}")
+    return value
+
+
 class VenueStats:
     """Requests, connections and subscriptions seen by one exchange."""
 

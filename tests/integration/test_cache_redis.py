@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
+from chaos.servers import PrivateRedis
 from fullon_ohlcv_service.adapters.redis_cache import RedisProcessCache, SyncRedisProcessCache
-from fullon_ohlcv_service.chaos.servers import PrivateRedis
 from fullon_ohlcv_service.errors import ConfigError, StoreUnavailable
 from fullon_ohlcv_service.settings import StoreURL, parse_store_url
 from tests.services import private

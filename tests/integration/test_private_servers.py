@@ -16,10 +16,10 @@ import asyncpg
 import pytest
 import redis
 
-from fullon_ohlcv_service.chaos import schedule as sched
-from fullon_ohlcv_service.chaos import services
-from fullon_ohlcv_service.chaos.runner import ChaosRun, Options
-from fullon_ohlcv_service.chaos.servers import PrivatePostgres, PrivateRedis, answers, sweep_leftovers
+from chaos import schedule as sched
+from chaos import services
+from chaos.runner import ChaosRun, Options
+from chaos.servers import PrivatePostgres, PrivateRedis, answers, sweep_leftovers
 from tests.services import need, need_server, private
 
 SHARED_PG, SHARED_REDIS = 5432, 6379
@@ -81,7 +81,7 @@ def test_private_redis_with_password() -> None:
 
 OWNER = """
 import json, time
-from fullon_ohlcv_service.chaos.servers import PrivatePostgres, PrivateRedis
+from chaos.servers import PrivatePostgres, PrivateRedis
 pg, r = PrivatePostgres(), PrivateRedis()
 pg.start(); r.start()
 print(json.dumps({"pids": [pg.proc.pid, r.proc.pid], "dirs": [str(pg.root), str(r.root)],
@@ -137,7 +137,7 @@ def test_chaos_outage_faults_stop_the_runs_own_servers() -> None:
 
 def test_a_forked_child_exiting_leaves_its_parents_server_alone(private_redis: PrivateRedis) -> None:
     """The exit hook closes only the servers of the process that started them (a forked child has copies)."""
-    from fullon_ohlcv_service.chaos import servers
+    from chaos import servers
 
     child = os.fork()
     if child == 0:  # pragma: no cover - child

@@ -6,8 +6,8 @@ import signal
 import time
 from pathlib import Path
 
-from fullon_ohlcv_service.chaos.servers import PrivatePostgres
-from fullon_ohlcv_service.chaos.services import create_database
+from chaos.servers import PrivatePostgres
+from chaos.services import create_database
 from fullon_ohlcv_service.timeutil import now_ms
 from tests.conftest import PG_HOST, PG_PORT
 from tests.integration.test_worker_sim import (

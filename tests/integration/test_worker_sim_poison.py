@@ -9,7 +9,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from fullon_ohlcv_service.chaos.audit import PoisonAudit, audit_poison
+from chaos.audit import PoisonAudit, audit_poison
 from fullon_ohlcv_service.settings import Settings
 from fullon_ohlcv_service.simulator.poison import TRADE_KINDS
 from fullon_ohlcv_service.timeutil import now_ms

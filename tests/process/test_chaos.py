@@ -12,8 +12,8 @@ import urllib.parse
 
 import pytest
 
-from fullon_ohlcv_service.chaos.report import Report, SymbolResult
-from fullon_ohlcv_service.chaos.runner import ChaosRun, Options
+from chaos.report import Report, SymbolResult
+from chaos.runner import ChaosRun, Options
 from fullon_ohlcv_service.settings import parse_store_url
 
 VERDICT = re.compile(r"^chaos: 0 missing, 0 duplicated, 0 wrong candles over (\d+) trades, (\d+) faults, "

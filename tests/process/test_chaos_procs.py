@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 
-from fullon_ohlcv_service.chaos import procs
+from chaos import procs
 
 # A stand-in master: forks one child per line on stdin titled "ohlcv-worker: <name>", like the supervisor.
 MASTER = r"""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fullon_ohlcv_service.chaos.servers import PrivateRedis
+from chaos.servers import PrivateRedis
 from fullon_ohlcv_service.errors import EXIT_ALL_FATAL
 from fullon_ohlcv_service.timeutil import now_ms, parse_time
 from tests.conftest import REDIS_HOST, REDIS_PORT

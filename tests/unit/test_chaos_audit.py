@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from fullon_ohlcv_service.chaos import audit as a
-from fullon_ohlcv_service.chaos import schedule as s
-from fullon_ohlcv_service.chaos.report import (
+from chaos import audit as a
+from chaos import schedule as s
+from chaos.report import (
     AppliedFault,
     Report,
     SymbolResult,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fullon_ohlcv_service.chaos.cli import main
+from chaos.cli import main
 
 
 def test_plan_is_deterministic_and_ends_with_sigterm(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fullon_ohlcv_service.chaos.feed_audit import FeedCheck, FeedResult, audit_bars, audit_trades
+from chaos.feed_audit import FeedCheck, FeedResult, audit_bars, audit_trades
 from fullon_ohlcv_service.feed_layout import Gap
 from fullon_ohlcv_service.models import Candle, Trade
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from fullon_ohlcv_service.chaos import schedule as s
+from chaos import schedule as s
 
 PLAN = s.Plan(minutes=3, exchanges=("kraken", "binance"), store="postgres", cache="redis",
               heartbeat_timeout=3.0, kill_grace=1.0, boot_grace=8.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from fullon_ohlcv_service.chaos import services
+from chaos import services
 
 
 def test_unplanned_outages() -> None:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from fullon_ohlcv_service.chaos import audit, feed_audit, procs, services
-from fullon_ohlcv_service.chaos import schedule as sched
-from fullon_ohlcv_service.chaos.report import AppliedFault, Report, SymbolResult
-from fullon_ohlcv_service.chaos.servers import HOST, PrivatePostgres, PrivateRedis
+from chaos import audit, feed_audit, procs, services
+from chaos import schedule as sched
+from chaos.report import AppliedFault, Report, SymbolResult
+from chaos.servers import HOST, PrivatePostgres, PrivateRedis
 from fullon_ohlcv_service.errors import OhlcvError
 from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.ports import SyncProcessCache

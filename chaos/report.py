@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fullon_ohlcv_service.chaos.audit import CandleAudit, PoisonAudit, TradeAudit, Window
-from fullon_ohlcv_service.chaos.schedule import RESTARTING_FAULTS, Fault
+from chaos.audit import CandleAudit, PoisonAudit, TradeAudit, Window
+from chaos.schedule import RESTARTING_FAULTS, Fault
 from fullon_ohlcv_service.timeutil import ms_to_iso
 
 

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
-from fullon_ohlcv_service.chaos.servers import PrivateServer
+from chaos.servers import PrivateServer
 from fullon_ohlcv_service.errors import StoreUnavailable
 
 

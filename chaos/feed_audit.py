@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fullon_ohlcv_service.chaos import audit
-from fullon_ohlcv_service.chaos.servers import PrivateRedis
+from chaos import audit
+from chaos.servers import PrivateRedis
 from fullon_ohlcv_service.feed_layout import TRADES, Gap, list_key, parse_entry, stream_key
 from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.timeutil import now_ms

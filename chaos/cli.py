@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from fullon_ohlcv_service.chaos.runner import ChaosRun, Options
+from chaos.runner import ChaosRun, Options
 from fullon_ohlcv_service.errors import EXIT_CRASH, EXIT_OK
 
 
