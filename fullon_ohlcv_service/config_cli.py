@@ -44,7 +44,7 @@ from fullon_ohlcv_service.cliargs import OneLineParser, count
 from fullon_ohlcv_service.errors import EXIT_CRASH, EXIT_OK, ConfigError, ExchangeUnsupported, StoreCorrupt
 from fullon_ohlcv_service.exchange_params import KNOWN, parse_params, unknown_params
 from fullon_ohlcv_service.identifiers import validate_exchange
-from fullon_ohlcv_service.redaction import redact_params
+from fullon_ohlcv_service.redaction import redact_params, redact_text
 from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
 
 PROG = "ohlcv-config"
@@ -179,5 +179,5 @@ def main(argv: list[str] | None = None) -> int:
     except StoreCorrupt:
         raise  # not the command line's fault: cli.py exits 78 with the one line
     except (ConfigError, InputRefused) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {redact_text(' '.join(str(exc).split()))}", file=sys.stderr)
         return EXIT_REFUSED
