@@ -40,17 +40,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _number_problem(ns: argparse.Namespace) -> str | None:
+    """The first numeric flag that is not finite or out of its range (inf minutes would never end)."""
+    import math
+
+    ranges = {  # flag: (value, low, high, low allowed)
+        "--minutes": (ns.minutes, 0.0, 1440.0, False), "--busy-rate": (ns.busy_rate, 0.0, 100_000.0, True),
+        "--heartbeat-interval": (ns.heartbeat_interval, 0.0, 3600.0, False),
+        "--heartbeat-timeout": (ns.heartbeat_timeout, 0.0, 3600.0, False),
+        "--boot-grace": (ns.boot_grace, 0.0, 3600.0, True), "--backtest-days": (ns.backtest_days, 0, 365, True),
+    }
+    for flag, (value, lo, hi, lo_ok) in ranges.items():
+        if not (math.isfinite(value) and (value > lo or (lo_ok and value == lo)) and value <= hi):
+            return f"{flag}: must be a finite number {'>=' if lo_ok else '>'} {lo:g} and <= {hi:g}, got {value:g}"
+    if ns.heartbeat_timeout <= ns.heartbeat_interval:
+        return "--heartbeat-interval must be shorter than --heartbeat-timeout"
+    return None
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    if ns.minutes <= 0:
-        print("chaos: error: --minutes must be > 0", file=sys.stderr)
-        return 2
     if not 0 <= ns.redis_db <= 15:
         print("chaos: error: --redis-db must be 0-15", file=sys.stderr)
+        return 2
+    problem = _number_problem(ns)
+    if problem:
+        print(f"chaos: error: {problem}", file=sys.stderr)
         return 2
     opts = Options(minutes=ns.minutes, seed=ns.seed, store=ns.store, cache=ns.cache, report=ns.report, keep=ns.keep,
                    redis_db=ns.redis_db, backtest_days=ns.backtest_days, busy_rate=ns.busy_rate,

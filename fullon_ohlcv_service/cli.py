@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fullon_ohlcv_service.errors import EXIT_CONFIG, EXIT_CRASH, ConfigError, StoreUnavailable
+from fullon_ohlcv_service.redaction import redact_text
 
 COMMANDS = {
     "supervisor": ("ohlcv-supervisor", "fullon_ohlcv_service.supervisor.cli"),
@@ -25,13 +26,18 @@ def run(command: str, argv: Sequence[str] | None = None) -> int:
     try:
         return main(list(argv) if argv is not None else None)
     except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     except StoreUnavailable as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_CRASH
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line with any credential removed (the messages are built without any; this is a net)."""
+    return redact_text(" ".join(str(exc).split()))
 
 
 def supervisor_main() -> int:

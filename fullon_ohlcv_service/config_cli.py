@@ -5,13 +5,19 @@ Commands: ``init``, ``add-exchange NAME [--param KEY=VALUE ...]``, ``add-symbol 
 
 Exit codes (the choice, documented):
   0   done;
-  1   input refused: an exchange that is not configured, a malformed exchange name or symbol, a
-      duplicate or missing symbol, ``--backtest`` below 0, a malformed ``--param``/``--updateframe``,
-      configuration tables missing. One line ``ohlcv-config: error: ...`` on stderr. Exit 1 (not 78)
+  1   input refused: an exchange that is not configured, a malformed exchange name or symbol, an
+      exchange ccxt does not have (without ``--force``), a duplicate or missing symbol, a malformed
+      ``--param``/``--updateframe`` or a bad value for a parameter the worker reads, no configuration
+      yet or its tables missing. One line ``ohlcv-config: error: ...`` on stderr. Exit 1 (not 78)
       because nothing is wrong with the service's settings: the operator fixes the command line;
   1   the configuration database cannot be reached (StoreUnavailable, mapped by cli.py; no password);
-  2   a command line argparse cannot parse (unknown flag, ``--backtest abc``);
-  78  a settings problem (malformed ``--config-db`` URL, bad ``LOG_LEVEL``...), mapped by cli.py.
+  2   a command line argparse cannot parse (unknown flag, ``--backtest abc``, ``--backtest`` outside
+      0..MAX_BACKTEST_DAYS);
+  78  a settings problem (malformed ``--config-db`` URL, bad ``LOG_LEVEL``, unwritable
+      ``LOG_FILE_PATH``...) or a configuration file that is not a SQLite database, mapped by cli.py.
+
+``list`` and every command that only reads open the database read-only and create nothing; ``list``
+shows parameters with credentials redacted (a URL's password, a secret-named parameter's value).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from fullon_ohlcv_service import log
 from fullon_ohlcv_service.adapters.sql_config import (
     DEFAULT_BACKTEST,
     DEFAULT_UPDATEFRAME,
+    MAX_BACKTEST_DAYS,
     ConfigDB,
     InputRefused,
     check_backtest,
@@ -33,8 +40,11 @@ from fullon_ohlcv_service.adapters.sql_config import (
     check_updateframe,
     parse_param,
 )
-from fullon_ohlcv_service.errors import EXIT_CRASH, EXIT_OK, ConfigError
+from fullon_ohlcv_service.cliargs import OneLineParser, count
+from fullon_ohlcv_service.errors import EXIT_CRASH, EXIT_OK, ConfigError, ExchangeUnsupported, StoreCorrupt
+from fullon_ohlcv_service.exchange_params import KNOWN, parse_params, unknown_params
 from fullon_ohlcv_service.identifiers import validate_exchange
+from fullon_ohlcv_service.redaction import redact_params, redact_text
 from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
 
 PROG = "ohlcv-config"
@@ -42,7 +52,7 @@ EXIT_REFUSED = EXIT_CRASH  # 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Manage the fullon configuration database.")
+    parser = OneLineParser(prog=PROG, description="Manage the fullon configuration database.")
     add_common_args(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -56,12 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("add-exchange", "add an exchange, the admin's active account on it, and its parameters")
     p.add_argument("name", help="ccxt exchange id, e.g. kraken")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="cat_exchanges_params row (repeatable; re-running updates the value)")
+                   help="cat_exchanges_params row (repeatable; re-running updates the value). Read by the worker: "
+                   + "; ".join(f"{k}: {v}" for k, v in KNOWN.items()))
+    p.add_argument("--force", action="store_true", default=False,
+                   help="add an exchange that this ccxt does not have (its worker stays parked until ccxt has it)")
     p = command("add-symbol", "add a symbol to collect on an exchange")
     p.add_argument("exchange")
     p.add_argument("symbol", help="ccxt unified symbol, e.g. BTC/USD or BTC/USDT:USDT")
-    p.add_argument("--backtest", type=int, default=DEFAULT_BACKTEST, metavar="DAYS",
-                   help=f"days of history to backfill (default {DEFAULT_BACKTEST})")
+    p.add_argument("--backtest", type=count(0, MAX_BACKTEST_DAYS), default=DEFAULT_BACKTEST, metavar="DAYS",
+                   help=f"days of history to backfill, 0-{MAX_BACKTEST_DAYS} (default {DEFAULT_BACKTEST})")
     p.add_argument("--updateframe", default=DEFAULT_UPDATEFRAME, metavar="TF",
                    help=f"fullon's updateframe column (default {DEFAULT_UPDATEFRAME})")
     p = command("remove-symbol", "remove a symbol (its stored candles and trades are kept)")
@@ -76,8 +89,13 @@ def validate_args(ns: argparse.Namespace) -> None:
     """Check the command's arguments before any I/O; raise ConfigError/InputRefused (exit 1)."""
     if ns.command == "add-exchange":
         validate_exchange(ns.name)
-        for item in ns.param:
-            parse_param(item)
+        params = dict(parse_param(item) for item in ns.param)
+        parse_params(params)  # the worker's own rules, so that a bad value is refused now, not at its boot
+        _check_exchange(ns.name, force=ns.force)
+        unknown = unknown_params(params)
+        if unknown:
+            _warn(f"parameter(s) {', '.join(unknown)} are not read by this service (it reads "
+                  f"{', '.join(KNOWN)}); stored as given, for other fullon services")
     elif ns.command in ("add-symbol", "remove-symbol"):
         validate_exchange(ns.exchange)
         check_symbol(ns.symbol)
@@ -86,9 +104,25 @@ def validate_args(ns: argparse.Namespace) -> None:
             check_updateframe(ns.updateframe)
 
 
+def _check_exchange(name: str, *, force: bool) -> None:
+    """Refuse an exchange this ccxt does not have, unless ``force`` (then warn)."""
+    from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
+
+    try:
+        check_exchange_supported(name)
+    except ExchangeUnsupported as exc:
+        if not force:
+            raise InputRefused(f"{exc}; to add it anyway, run again with --force") from None
+        _warn(f"{exc}; added anyway (--force): its worker is parked FATAL until ccxt has it")
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
 async def _run(ns: argparse.Namespace, settings: Settings) -> int:
     create = ns.command in ("init", "add-exchange")
-    async with ConfigDB(settings, create=create) as db:
+    async with ConfigDB(settings, create=create, readonly=ns.command == "list") as db:
         where = settings.config_db.redacted
         if ns.command == "init":
             uid, created = await db.init()
@@ -109,6 +143,8 @@ async def _run(ns: argparse.Namespace, settings: Settings) -> int:
             print(f"symbol {ns.symbol} removed from {ns.exchange} (stored data kept)")
         else:
             exchanges = await db.list_exchanges()
+            for ex in exchanges:
+                ex["params"] = redact_params(ex["params"])
             if ns.json:
                 print(json.dumps({"config_db": where, "admin": settings.admin_mail, "exchanges": exchanges},
                                  indent=2, sort_keys=True))
@@ -133,12 +169,15 @@ def _print_table(exchanges: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
-    settings = settings_from_args(ns)  # ConfigError here is a settings problem: cli.py exits 78
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    settings = settings_from_args(ns, parser=parser)  # ConfigError here is a settings problem: cli.py exits 78
     log.configure(settings.log_level, settings.log_format, file=settings.log_file)
     try:
         validate_args(ns)
         return asyncio.run(_run(ns, settings))
+    except StoreCorrupt:
+        raise  # not the command line's fault: cli.py exits 78 with the one line
     except (ConfigError, InputRefused) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {redact_text(' '.join(str(exc).split()))}", file=sys.stderr)
         return EXIT_REFUSED

@@ -33,6 +33,10 @@ class StoreDataError(PermanentError):
     """
 
 
+class StoreCorrupt(ConfigError):
+    """A SQLite file that is not a database or is damaged: retrying cannot help, the operator must act (78)."""
+
+
 class StoreUnavailable(TransientError):
     """A database or cache cannot be reached. The message names the endpoint without password."""
 

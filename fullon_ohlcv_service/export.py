@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from fullon_ohlcv_service.adapters.stores import open_ohlcv_store
+from fullon_ohlcv_service.cliargs import OneLineParser, time_ms
 from fullon_ohlcv_service.errors import ConfigError
 from fullon_ohlcv_service.identifiers import validate_exchange, validate_symbol
 from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
-from fullon_ohlcv_service.timeutil import parse_time
 
 TRADE_FIELDS = ("ts", "id", "price", "volume", "side")
 CANDLE_FIELDS = ("ts", "open", "high", "low", "close", "volume", "final")
@@ -36,15 +36,15 @@ def candle_row(c: Candle) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="ohlcv-export",
         description="Stream stored trades or 1m candles of one symbol to stdout, in time order.",
     )
     p.add_argument("exchange", help="exchange name, e.g. kraken")
     p.add_argument("symbol", help="ccxt unified symbol, e.g. BTC/USD")
     p.add_argument("--kind", choices=("trades", "candles"), required=True)
-    p.add_argument("--since", help="first time included: ISO-8601 or epoch ms")
-    p.add_argument("--until", help="first time excluded: ISO-8601 or epoch ms")
+    p.add_argument("--since", type=time_ms, help="first time included: ISO-8601 or epoch ms")
+    p.add_argument("--until", type=time_ms, help="first time excluded: ISO-8601 or epoch ms")
     p.add_argument("--format", choices=("csv", "json"), default="json", help="json lines (default) or csv")
     p.add_argument("--follow", action="store_true",
                    help="after the stored rows, print new rows as they are committed (from the Redis stream when "
@@ -53,16 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Redis of the live feeds, for --follow (env OHLCV_FEED_REDIS; default: the --cache if Redis)")
     add_common_args(p)
     return p
-
-
-def _time_arg(parser: argparse.ArgumentParser, flag: str, text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return parse_time(text)
-    except ValueError:
-        parser.error(f"{flag}: {text!r} is neither epoch ms nor an ISO-8601 time")
-    return None  # unreachable: parser.error exits
 
 
 def _writer(fmt: str, fields: tuple[str, ...], out: IO[str]) -> Callable[[dict[str, Any]], None]:
@@ -87,10 +77,10 @@ async def export(
 ) -> int:
     """Write the rows to ``out``; return how many. Raises ConfigError naming an unknown exchange/symbol."""
     url = settings.ohlcv_db
-    if url.kind == "sqlite" and not (url.path / f"{exchange}.sqlite").is_file():
+    if url.kind == "sqlite" and not (url.path / f"{exchange}.sqlite").exists():
         # do not create an empty file for an exchange that was never collected
         raise _Unknown(f"no stored data for exchange {exchange} in {url.redacted}")
-    async with open_ohlcv_store(url, exchange) as store:
+    async with open_ohlcv_store(url, exchange, readonly=True) as store:
         if not await store.has_symbol(symbol):
             raise _Unknown(f"no stored data for {exchange} {symbol} in {settings.ohlcv_db.redacted}")
         if follow_until is not None:  # --follow: stored rows, then new ones until the event is set
@@ -141,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         symbol = validate_symbol(ns.symbol)
     except ConfigError as exc:
         parser.error(str(exc))
-    since = _time_arg(parser, "--since", ns.since)
-    until = _time_arg(parser, "--until", ns.until)
+    since, until = ns.since, ns.until
+    if since is not None and until is not None and since > until:
+        parser.error(f"--since ({since}) is after --until ({until}): nothing could match")
     if ns.follow and until is not None:
         parser.error("--until and --follow exclude each other")
-    settings = settings_from_args(ns)
+    settings = settings_from_args(ns, parser=parser)
     try:
         if ns.follow:
             asyncio.run(_follow_main(settings, exchange, symbol, ns.kind, since, ns.format))

@@ -9,6 +9,9 @@ import sys
 import time
 from typing import IO, Any
 
+from fullon_ohlcv_service.errors import ConfigError
+from fullon_ohlcv_service.redaction import redact_text
+
 _FIELDS = "ohlcv_fields"
 
 
@@ -18,6 +21,12 @@ class _Formatter(logging.Formatter):
         self.json = fmt == "json"
 
     def format(self, record: logging.LogRecord) -> str:
+        # the last line of defence: a URL with a password in a message, a field or a driver's
+        # traceback is redacted here, whoever logged it
+        line = self._format(record)
+        return redact_text(line) if "://" in line else line
+
+    def _format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = dict(getattr(record, _FIELDS, {}))
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
         if record.exc_info:
@@ -49,12 +58,15 @@ def _kv(value: Any) -> str:
 def configure(level: str = "INFO", fmt: str = "text", stream: IO[str] | None = None,
               file: str | None = None) -> None:
     """Install one handler on the ``fullon`` logger tree (idempotent; call again after fork)."""
+    handler: logging.Handler = logging.StreamHandler(stream or sys.stderr)
+    if file:
+        try:
+            handler = logging.FileHandler(file)
+        except OSError as exc:  # before any handler is removed: logging keeps working for the error line
+            raise ConfigError(f"LOG_FILE_PATH: cannot write to {file!r}: {exc.strerror or exc}") from None
     root = logging.getLogger("fullon")
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler: logging.Handler = logging.StreamHandler(stream or sys.stderr)
-    if file:
-        handler = logging.FileHandler(file)
     handler.setFormatter(_Formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -14,24 +15,20 @@ from urllib.parse import quote, unquote, urlsplit
 from fullon_ohlcv_service.errors import ConfigError
 from fullon_ohlcv_service.feed_layout import DEFAULT_MAXLEN, PUBLISH_MODES, SYMBOL_FORMS
 from fullon_ohlcv_service.memory import DEFAULT_BUFFER_MB, MIB, MIN_BUFFER_MB, ROW_BYTES, writer_rows_fit
+from fullon_ohlcv_service.redaction import redact_url
+
+__all__ = ["Settings", "StoreURL", "add_common_args", "parse_store_url", "redact_url", "settings_from_args",
+           "settings_from_env", "sqlite_url"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 DEFAULT_HOME = "~/.local/share/fullon_ohlcv"
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe for logs, titles and the cache)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[-1]
-    netloc = f"{user}:***@{host}"
-    return parts._replace(netloc=netloc).geturl()
+def sqlite_url(path: Path | str) -> str:
+    """``sqlite:///abs/path`` for a filesystem path, percent-encoded so that ``#``, ``?`` and ``%`` in it
+    stay part of the path (``StoreURL.path`` decodes it back)."""
+    return "sqlite://" + quote(str(Path(path).absolute()), safe="/~")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +40,16 @@ class StoreURL:
 
     @property
     def redacted(self) -> str:
+        """The URL as it may be shown: no password; a sqlite URL as ``sqlite://`` and its decoded path."""
+        if self.kind == "sqlite":
+            return f"sqlite://{self.path}"
         return redact_url(self.url)
 
     @property
     def path(self) -> Path:
         """Filesystem path of a sqlite URL."""
         if self.kind != "sqlite":
-            raise ValueError(f"{self.redacted} is not a sqlite URL")
+            raise ValueError(f"{redact_url(self.url)} is not a sqlite URL")
         raw = unquote(urlsplit(self.url).path)
         # sqlite:///abs/path and sqlite:////abs/path -> "/abs/path"; sqlite:///~/x -> "~/x" expanded
         raw = raw.lstrip("/")
@@ -75,14 +75,50 @@ _SCHEMES = {
 }
 
 
+_RESERVED_IN_USERINFO = "'/', '?', '#' or '@'"
+
+
+def _ambiguous_userinfo(url: str) -> bool:
+    """True when the user or password of ``url`` holds an unencoded ``/ ? # @``.
+
+    Parsers disagree on such a URL (urllib ends the password at the first ``/``, asyncpg at the first
+    ``@``), so it would connect somewhere else or print part of the password as a host or a port.
+    """
+    body = url.partition("://")[2]
+    at = body.rfind("@")
+    if at < 0:
+        return False
+    end = min((i for i in (body.find(c) for c in "/?#") if i >= 0), default=len(body))
+    authority = body[:end]
+    if at < end:  # the last '@' is inside the authority: another '@' before it is an unencoded one
+        return "@" in authority[: authority.rfind("@")]
+    # an '@' only after the authority: a password cut short by '/', '?' or '#' (``u:pa/ss@host``),
+    # unless the authority reads as host:port (then the '@' belongs to the path or the query)
+    host, sep, port = authority.rpartition(":")
+    return bool(sep) and not (port.isdigit() and "@" not in host)
+
+
 def parse_store_url(setting: str, url: str, allowed: tuple[str, ...]) -> StoreURL:
-    """Validate a store URL for ``setting``; raise ConfigError with one line and no password."""
+    """Validate a store URL for ``setting``; raise ConfigError with one line and no password.
+
+    The messages never quote a parser's own error: urllib's names the text it took for a port,
+    which is part of the password when the password holds an unencoded ``/``.
+    """
     shown = redact_url(url)
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(f"{setting}: malformed URL {shown!r}: it holds whitespace or a control character")
+    if url.partition("://")[0].lower() != "sqlite" and _ambiguous_userinfo(url):
+        raise ConfigError(
+            f"{setting}: malformed URL {shown!r}: its user or password holds an unencoded {_RESERVED_IN_USERINFO}; "
+            "percent-encode them (%2F, %3F, %23, %40)"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        raise ConfigError(f"{setting}: malformed URL {shown!r} ({exc})") from None
+    except ValueError:
+        raise ConfigError(
+            f"{setting}: malformed URL {shown!r}: the host or port cannot be read (a port is a number 0-65535)"
+        ) from None
     kind = _SCHEMES.get(parts.scheme)
     if kind is None or kind not in allowed:
         raise ConfigError(
@@ -92,6 +128,11 @@ def parse_store_url(setting: str, url: str, allowed: tuple[str, ...]) -> StoreUR
     if kind == "sqlite":
         if parts.netloc or not parts.path or parts.path == "/":
             raise ConfigError(f"{setting}: malformed sqlite URL {shown!r}; expected sqlite:///path")
+        if parts.query or parts.fragment or url.endswith(("?", "#")):
+            raise ConfigError(
+                f"{setting}: malformed sqlite URL {shown!r}: a '?' or '#' in a file path must be percent-encoded "
+                "(%3F, %23)"
+            )
     elif kind == "postgresql":
         if not parts.hostname or not parts.path.strip("/"):
             raise ConfigError(f"{setting}: malformed PostgreSQL URL {shown!r}; expected postgresql://user@host:port/db")
@@ -103,6 +144,61 @@ def parse_store_url(setting: str, url: str, allowed: tuple[str, ...]) -> StoreUR
             raise ConfigError(f"{setting}: Redis db must be 0-15 in {shown!r}")
     del port
     return StoreURL(url=url, kind=kind)
+
+
+# Bounds of the numeric settings, shared by the flags' parsers (exit 2) and Settings.validate (exit 78).
+MAX_SECONDS = 86_400.0  # a day: no duration setting needs more, and none may be inf or nan
+DURATIONS = ("heartbeat_interval", "flush_interval", "heartbeat_timeout", "boot_grace", "kill_grace",
+             "graceful_timeout", "backoff_initial", "backoff_max")
+ZERO_OK_DURATIONS = ("boot_grace",)
+COUNTS = {"flush_rows": (1, 1_000_000), "buffer_rows": (1, 100_000_000), "restart_budget": (1, 1_000_000)}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _show(value: object) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def seconds_problem(value: float, *, zero_ok: bool = False, hi: float = MAX_SECONDS) -> str | None:
+    """Why ``value`` is not a usable number of seconds in (0, hi] ([0, hi] with ``zero_ok``), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a number of seconds, got {value!r}"
+    if not math.isfinite(value):
+        return f"must be a finite number of seconds, got {_show(value)}"
+    if value < 0 or (value == 0 and not zero_ok):
+        return f"must be {'>= 0' if zero_ok else '> 0'}, got {_show(value)}"
+    if value > hi:
+        return f"must be at most {hi:g} seconds, got {_show(value)}"
+    return None
+
+
+def count_problem(value: int, lo: int, hi: int) -> str | None:
+    """Why ``value`` is not a whole number in [lo, hi], or None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be a whole number, got {value!r}"
+    if not lo <= value <= hi:
+        return f"must be from {lo} to {hi}, got {_show(value)}"
+    return None
+
+
+def check_seconds(name: str, value: float, *, zero_ok: bool = False, hi: float = MAX_SECONDS) -> float:
+    """``value`` as float if ``seconds_problem`` finds nothing; else ConfigError naming ``name``."""
+    problem = seconds_problem(value, zero_ok=zero_ok, hi=hi)
+    if problem:
+        raise ConfigError(f"{name}: {problem}")
+    return float(value)
+
+
+def check_count(name: str, value: int, lo: int, hi: int) -> int:
+    """``value`` if ``count_problem`` finds nothing; else ConfigError naming ``name``."""
+    problem = count_problem(value, lo, hi)
+    if problem:
+        raise ConfigError(f"{name}: {problem}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,20 +262,10 @@ class Settings:
             raise ConfigError(f"LOG_FORMAT: {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
         if "@" not in self.admin_mail:
             raise ConfigError(f"ADMIN_MAIL: {self.admin_mail!r} is not a mail address")
-        positive = (
-            "heartbeat_interval", "flush_interval", "heartbeat_timeout", "kill_grace",
-            "graceful_timeout", "backoff_initial", "backoff_max",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not value > 0:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be > 0, got {value}")
-        for name in ("flush_rows", "buffer_rows", "restart_budget"):
-            value = getattr(self, name)
-            if not value >= 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
-        if self.boot_grace < 0:
-            raise ConfigError(f"--boot-grace: must be >= 0, got {self.boot_grace}")
+        for name in DURATIONS:
+            check_seconds(_flag(name), getattr(self, name), zero_ok=name in ZERO_OK_DURATIONS)
+        for name, (lo, hi) in COUNTS.items():
+            check_count(_flag(name), getattr(self, name), lo, hi)
         if self.buffer_rows < self.flush_rows:
             raise ConfigError("--buffer-rows: must be >= --flush-rows")
         if not isinstance(self.buffer_mb, int) or self.buffer_mb < MIN_BUFFER_MB:
@@ -194,12 +280,28 @@ class Settings:
                               "redis://host:port/db or a Redis --cache")
         if self.feed_symbols not in SYMBOL_FORMS:
             raise ConfigError(f"--feed-symbols: {self.feed_symbols!r} is not one of {', '.join(SYMBOL_FORMS)}")
-        if not self.stream_maxlen >= 1:
-            raise ConfigError(f"--stream-maxlen: must be >= 1, got {self.stream_maxlen}")
+        if not 1 <= self.stream_maxlen <= 1_000_000_000:
+            raise ConfigError(f"--stream-maxlen: must be a whole number in [1, 1000000000], got {self.stream_maxlen}")
+        if self.backoff_initial > self.backoff_max:
+            raise ConfigError(f"--backoff-initial: must not exceed --backoff-max ({self.backoff_initial:g} > "
+                              f"{self.backoff_max:g})")
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ConfigError(f"--heartbeat-interval ({self.heartbeat_interval:g}s) must be shorter than --heartbeat-"
+                              f"timeout ({self.heartbeat_timeout:g}s), or every worker would be judged hung")
+        self._check_distinct_files()
         if self.simulator is not None:
             parts = urlsplit(self.simulator)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigError(f"--simulator: malformed URL {redact_url(self.simulator)!r}; expected http://host:port")
+
+    def _check_distinct_files(self) -> None:
+        """The embedded configuration file, cache file and store directory must be three different paths."""
+        named = [(n, u.path) for n, u in (("--config-db", self.config_db), ("--ohlcv-db", self.ohlcv_db),
+                                          ("--cache", self.cache)) if u.kind == "sqlite"]
+        for i, (name, path) in enumerate(named):
+            for other, other_path in named[:i]:
+                if path.absolute() == other_path.absolute():
+                    raise ConfigError(f"{name}: {path} is also the {other} path; give each store its own")
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -209,14 +311,22 @@ def _env_int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) 
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name}: {raw!r} is not an integer") from None
+        raise ConfigError(f"{name}: {_show(raw)!r} is not an integer") from None
     if not lo <= value <= hi:
-        raise ConfigError(f"{name}: {value} is out of range {lo}-{hi}")
+        raise ConfigError(f"{name}: {_show(value)} is out of range {lo}-{hi}")
     return value
 
 
+def _env_host(env: Mapping[str, str], name: str) -> str:
+    """A host name or address for a URL (an IPv6 address gets its brackets); ConfigError on anything else."""
+    host = env[name].strip()
+    if not host or any(c in host for c in "/?#@[]") or any(c.isspace() or not c.isprintable() for c in host):
+        raise ConfigError(f"{name}: {host!r} is not a host name or address")
+    return f"[{host}]" if ":" in host else host
+
+
 def _pg_url(env: Mapping[str, str], db_var: str) -> str:
-    host = env["DB_HOST"]
+    host = _env_host(env, "DB_HOST")
     port = _env_int(env, "DB_PORT", 5432, 1, 65535)
     user = env.get("DB_USER") or "postgres"
     password = env.get("DB_PASSWORD") or ""
@@ -230,7 +340,7 @@ def _pg_url(env: Mapping[str, str], db_var: str) -> str:
 
 
 def _redis_url(env: Mapping[str, str]) -> str:
-    host = env["REDIS_HOST"]
+    host = _env_host(env, "REDIS_HOST")
     port = _env_int(env, "REDIS_PORT", 6379, 1, 65535)
     db = _env_int(env, "REDIS_DB", 0, 0, 15)
     password = env.get("REDIS_PASSWORD") or ""
@@ -243,9 +353,10 @@ def _float_env(env: Mapping[str, str], name: str) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}: {raw!r} is not a number") from None
+        raise ConfigError(f"{name}: {_show(raw)!r} is not a number") from None
+    return check_seconds(name, value)
 
 
 def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -265,15 +376,15 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
         default_config = _pg_url(env, "DB_NAME")
         default_ohlcv = _pg_url(env, "DB_OHLCV_NAME") if env.get("DB_OHLCV_NAME") else None
     else:
-        default_config = f"sqlite://{(home / 'config.sqlite').absolute()}"
+        default_config = sqlite_url(home / "config.sqlite")
         default_ohlcv = None
     if default_ohlcv is None:
-        default_ohlcv = f"sqlite://{(home / 'ohlcv').absolute()}"
+        default_ohlcv = sqlite_url(home / "ohlcv")
     if env.get("REDIS_HOST"):
         default_cache = _redis_url(env)
     else:
         _env_int(env, "REDIS_DB", 0, 0, 15)  # validate even when unused
-        default_cache = f"sqlite://{(home / 'cache.sqlite').absolute()}"
+        default_cache = sqlite_url(home / "cache.sqlite")
 
     config_db = parse_store_url(
         "--config-db/OHLCV_CONFIG_DB",
@@ -341,8 +452,25 @@ def add_feed_args(parser: argparse.ArgumentParser) -> None:
 _NAME_RE = re.compile(r"^[a-z_]+$")
 
 
-def settings_from_args(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from the environment overridden by every parsed flag whose dest names a setting."""
+def settings_from_args(
+    ns: argparse.Namespace, env: Mapping[str, str] | None = None, *, parser: argparse.ArgumentParser | None = None,
+) -> Settings:
+    """Settings from the environment overridden by every parsed flag whose dest names a setting.
+
+    With ``parser``, numeric flags that together make the settings invalid (``--backoff-initial`` above
+    ``--backoff-max``...) are a bad command line: ``parser.error`` (exit 2). Any other problem is a
+    ConfigError (exit 78), as is one the environment causes without those flags.
+    """
     known = {f.name for f in fields(Settings)}
     overrides = {k: v for k, v in vars(ns).items() if k in known and v is not None and _NAME_RE.match(k)}
-    return settings_from_env(env, **overrides)
+    try:
+        return settings_from_env(env, **overrides)
+    except ConfigError as exc:
+        numeric = set(overrides) & (set(DURATIONS) | set(COUNTS))
+        if parser is None or not numeric:
+            raise
+        try:
+            settings_from_env(env, **{k: v for k, v in overrides.items() if k not in numeric})
+        except ConfigError:
+            raise exc from None
+        parser.error(str(exc))

@@ -180,11 +180,21 @@ def build_report(supervisor: dict[str, Any] | None, workers: dict[str, dict[str,
     return Report(now_ms=now, supervisor=sup_summary, exchanges=rows, problems=problems)
 
 
+def missing_cache(settings: Settings) -> str | None:
+    """The one-line answer when the embedded process cache does not exist yet (nothing has run), else None."""
+    if settings.cache.kind == "sqlite" and not settings.cache.path.exists():
+        return f"no process cache at {settings.cache.path}: no ohlcv-supervisor has run with these settings"
+    return None
+
+
 async def read_report(settings: Settings) -> Report:
-    """Read the supervisor's and every worker's record (one short connection)."""
+    """Read the supervisor's and every worker's record (one short, read-only connection; creates nothing)."""
     from fullon_ohlcv_service.adapters.caches import open_process_cache
 
-    async with open_process_cache(settings.cache) as cache:
+    missing = missing_cache(settings)
+    if missing:
+        return Report(now_ms=now_ms(), supervisor=None, exchanges=[], problems=[missing])
+    async with open_process_cache(settings.cache, readonly=True) as cache:
         supervisor = await cache.get_component(SUPERVISOR_COMPONENT)
         names = worker_names(supervisor, await cache.list_active("ohlcv"))
         workers = {name: await cache.get_component(WORKER_PREFIX + name) for name in names}
@@ -305,8 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     settings = settings_from_args(ns)
+    missing = missing_cache(settings)
     report = asyncio.run(read_report(settings))
-    if ns.json:
+    if missing and not ns.json:
+        print(f"UNHEALTHY: {missing}" if ns.check else missing)
+    elif ns.json:
         print(json.dumps(report.as_json(), indent=2, default=str))
     elif ns.check:
         if report.healthy:

@@ -7,8 +7,9 @@ from fullon_ohlcv_service.ports import ProcessCache, SyncProcessCache
 from fullon_ohlcv_service.settings import StoreURL
 
 
-def open_process_cache(url: StoreURL) -> ProcessCache:
-    """An unopened async cache for ``url``: use it with ``async with``."""
+def open_process_cache(url: StoreURL, *, readonly: bool = False) -> ProcessCache:
+    """An unopened async cache for ``url``: use it with ``async with``. ``readonly`` (for commands that
+    only read) opens an embedded SQLite cache read-only and creates nothing."""
     if url.kind == "redis":
         from fullon_ohlcv_service.adapters.redis_cache import RedisProcessCache
 
@@ -16,7 +17,7 @@ def open_process_cache(url: StoreURL) -> ProcessCache:
     if url.kind == "sqlite":
         from fullon_ohlcv_service.adapters.sqlite_cache import SqliteProcessCache
 
-        return SqliteProcessCache(url)
+        return SqliteProcessCache(url, readonly=readonly)
     raise ConfigError(f"cache: unsupported URL {url.redacted!r}; expected redis://... or sqlite:///...")
 
 

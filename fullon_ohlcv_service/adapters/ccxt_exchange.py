@@ -8,7 +8,8 @@ call, not a boot failure). It returns our models (Trade, Candle) only and raises
 ExchangeUnsupported at once for an exchange ccxt lacks (``check_exchange_supported``).
 
 Per-exchange parameters (``ExchangeSpec.params``, i.e. fullon's ``cat_exchanges_params``); unknown
-names are ignored (other fullon services share that table), bad values raise ConfigError:
+names are ignored (other fullon services share that table), bad values raise ConfigError (the rules,
+shared with ``ohlcv-config``, are in ``exchange_params.py``):
 
 - ``enable_rate_limit``: ``true``/``false`` (default true in production, off against the simulator);
 - ``rate_limit_ms``: ccxt's ``rateLimit``, milliseconds between request-cost units;
@@ -67,7 +68,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fullon_ohlcv_service.errors import (
-    ConfigError,
     ExchangeUnsupported,
     OhlcvError,
     PermanentError,
@@ -75,6 +75,7 @@ from fullon_ohlcv_service.errors import (
     SymbolUnknown,
     TransientError,
 )
+from fullon_ohlcv_service.exchange_params import parse_params
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.metrics.figures import RestCounters
 from fullon_ohlcv_service.models import Candle, ExchangeSpec, Reject, Trade
@@ -97,7 +98,6 @@ _REMOVED = {
 }
 # exchange error texts that ccxt 4.5.90 leaves as a plain ExchangeError but that name an unknown symbol
 _SYMBOL_ERRORS = ("EQuery:Unknown asset pair",)
-_PARAM_NAMES = ("enable_rate_limit", "rate_limit_ms", "timeout_ms", "base_url")
 _PARSE_ERROR = "ohlcv_parse_error"  # set on a row ccxt could not parse (our guard's stand-in)
 # every row ccxt parses during one REST call of ours, in wire order (see _ParseHooks)
 _TRADE_TAP: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("ohlcv_trade_tap",
@@ -166,7 +166,12 @@ def check_exchange_supported(name: str) -> None:
     if name in _REMOVED and name not in ccxt.exchanges:
         raise ExchangeUnsupported(f"exchange {name!r} is not supported: {_REMOVED[name]}")
     if name not in ccxt.exchanges:
-        raise ExchangeUnsupported(f"exchange {name!r} is not supported: ccxt {ccxt.__version__} does not know it")
+        import difflib
+
+        close = difflib.get_close_matches(name, ccxt.exchanges, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ExchangeUnsupported(
+            f"exchange {name!r} is not supported: ccxt {ccxt.__version__} does not know it{hint}")
     if name not in ccxt.pro.exchanges:
         raise ExchangeUnsupported(
             f"exchange {name!r} is not supported: ccxt {ccxt.__version__} has no websocket (ccxt.pro) class for it"
@@ -186,25 +191,6 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def _parse_bool(key: str, text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"exchange parameter {key}={text!r} is invalid: use true or false")
-
-
-def _parse_ms(key: str, text: str) -> int:
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise ConfigError(f"exchange parameter {key}={text!r} is invalid: use whole milliseconds") from None
-    if value < 0:
-        raise ConfigError(f"exchange parameter {key}={text!r} is invalid: must not be negative")
-    return value
-
-
 def exchange_options(name: str) -> dict[str, Any]:
     """The ccxt ``options`` this service needs for ``name`` (no URLs, no rate limits), from its capability table."""
     return capabilities(name).ccxt_options()
@@ -217,11 +203,8 @@ def build_config(name: str, params: Mapping[str, str], simulator: str | None) ->
     on and ``params`` (see the module docstring) apply. Raises ConfigError on a bad parameter.
     """
     config: dict[str, Any] = {"enableRateLimit": True, "options": exchange_options(name)}
-    base_url = simulator
-    if simulator is None and params.get("base_url"):
-        base_url = params["base_url"].strip()
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"exchange parameter base_url={redact_url(base_url)!r} is invalid: use http(s)://")
+    parsed = parse_params(params)  # validated even against the simulator: the rules are ohlcv-config's
+    base_url = simulator if simulator is not None else parsed.base_url
     if base_url is not None:
         from fullon_ohlcv_service.adapters.ccxt_local import local_overrides
 
@@ -229,16 +212,12 @@ def build_config(name: str, params: Mapping[str, str], simulator: str | None) ->
     if simulator is not None:
         config["enableRateLimit"] = False
         return config
-    config["enableRateLimit"] = True
-    if "enable_rate_limit" in params:
-        config["enableRateLimit"] = _parse_bool("enable_rate_limit", params["enable_rate_limit"])
-    if "rate_limit_ms" in params:
-        config["rateLimit"] = _parse_ms("rate_limit_ms", params["rate_limit_ms"])
-    if "timeout_ms" in params:
-        timeout = _parse_ms("timeout_ms", params["timeout_ms"])
-        if timeout == 0:
-            raise ConfigError("exchange parameter timeout_ms=0 is invalid: must be positive")
-        config["timeout"] = timeout
+    if parsed.enable_rate_limit is not None:
+        config["enableRateLimit"] = parsed.enable_rate_limit
+    if parsed.rate_limit_ms is not None:
+        config["rateLimit"] = parsed.rate_limit_ms
+    if parsed.timeout_ms is not None:
+        config["timeout"] = parsed.timeout_ms
     return config
 
 

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from fullon_ohlcv_service.adapters.sqlite_files import check_file, corrupt, is_corrupt, probe, uri
 from fullon_ohlcv_service.errors import ConfigError, StoreUnavailable
+from fullon_ohlcv_service.redaction import redact_text
 from fullon_ohlcv_service.settings import StoreURL
 
 TABLES = ("users", "cat_exchanges", "cat_exchanges_params", "exchanges", "symbols")
@@ -105,12 +106,17 @@ def schema_missing(url: StoreURL) -> ConfigError:
 
 
 class ConfigConnection:
-    """One connection to the configuration database (sqlite3 off the loop, or asyncpg). ``?`` placeholders."""
+    """One connection to the configuration database (sqlite3 off the loop, or asyncpg). ``?`` placeholders.
 
-    def __init__(self, url: StoreURL, *, create: bool) -> None:
+    ``create`` makes a missing SQLite file (and its directory); ``readonly`` opens it ``mode=ro`` and
+    creates nothing; otherwise it must exist and is opened ``mode=rw``.
+    """
+
+    def __init__(self, url: StoreURL, *, create: bool, readonly: bool = False) -> None:
         self.url = url
         self.kind = url.kind
         self._create = create
+        self._readonly = readonly and not create
         self._sqlite: sqlite3.Connection | None = None
         self._pg: Any = None  # asyncpg.Connection
 
@@ -136,21 +142,25 @@ class ConfigConnection:
 
     def _open_sqlite(self) -> sqlite3.Connection:
         path: Path = self.url.path
+        check_file("the configuration database", path)
         try:
             if self._create:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                target, uri = str(path), False
+                target = uri(path, "rwc")
             else:
                 if not path.exists():
-                    raise ConfigError(f"the configuration database {path} does not exist; run: ohlcv-config init")
-                target, uri = path.absolute().as_uri() + "?mode=rw", True
-            conn = sqlite3.connect(target, timeout=10.0, isolation_level=None, check_same_thread=False, uri=uri)
+                    raise ConfigError(f"no configuration at {path}; run: ohlcv-config init")
+                target = uri(path, "ro" if self._readonly else "rw")
+            conn = sqlite3.connect(target, timeout=10.0, isolation_level=None, check_same_thread=False, uri=True)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"config database {self.url.redacted} unavailable: {exc}") from None
         try:
             conn.execute("PRAGMA foreign_keys = ON")
+            probe(conn)
         except sqlite3.Error as exc:
             conn.close()
+            if is_corrupt(exc):
+                raise corrupt("the configuration database", path, exc) from None
             raise StoreUnavailable(f"config database {self.url.redacted} unavailable: {exc}") from None
         return conn
 
@@ -164,10 +174,7 @@ class ConfigConnection:
 
     def _scrub(self, exc: BaseException) -> str:
         text = str(exc).splitlines()[0] if str(exc) else ""
-        password = urlsplit(self.url.url).password
-        if password:
-            text = text.replace(password, "***").replace(unquote(password), "***")
-        return text
+        return redact_text(text, self.url.url)
 
     # --- queries -------------------------------------------------------------------------------
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
@@ -232,6 +239,10 @@ class ConfigConnection:
                 raise schema_missing(self.url) from None
             if any(m in text for m in _SQLITE_GONE):
                 raise StoreUnavailable(f"config database {self.url.redacted} unavailable: {exc}") from None
+            raise
+        except sqlite3.DatabaseError as exc:
+            if is_corrupt(exc):
+                raise corrupt("the configuration database", self.url.path, exc) from None
             raise
         return result if isinstance(result, list) else []
 

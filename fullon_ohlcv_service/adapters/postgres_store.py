@@ -510,14 +510,7 @@ def _range(since: int | None, until: int | None) -> tuple[str, list[datetime]]:
 
 
 def _clean(exc: BaseException, url: str) -> str:
-    """The exception text with any password from ``url`` removed."""
-    from urllib.parse import unquote, urlsplit
+    """The exception text with any password from ``url`` (and any URL's password) removed."""
+    from fullon_ohlcv_service.redaction import redact_text
 
-    text = str(exc)
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return text
-    if password:
-        text = text.replace(password, "***").replace(unquote(password), "***")
-    return text
+    return redact_text(str(exc), url)

@@ -18,6 +18,7 @@ from redis.retry import Retry
 
 from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreUnavailable
 from fullon_ohlcv_service.ports import PROCESS_STATUSES, PROCESS_TYPES
+from fullon_ohlcv_service.redaction import redact_text, redact_value
 from fullon_ohlcv_service.settings import StoreURL
 from fullon_ohlcv_service.timeutil import ms_to_datetime, parse_time
 
@@ -91,9 +92,9 @@ def new_document(
         "process_id": process_id,
         "process_type": process_type,
         "component": component,
-        "params": dict(params or {}),
+        "params": redact_value(dict(params or {})),
         "status": status,
-        "message": message,
+        "message": redact_text(message),
         "created_at": now,
         "updated_at": now,
         "heartbeat": now,
@@ -112,11 +113,11 @@ def merge_document(
     if status is not None:
         doc["status"] = status
     if message is not None:
-        doc["message"] = message
+        doc["message"] = redact_text(message)
     if params:
         old = doc.get("params")
         merged = dict(old) if isinstance(old, dict) else {}
-        merged.update(params)
+        merged.update(redact_value(dict(params)))
         doc["params"] = merged
     doc["updated_at"] = now
     if heartbeat:
@@ -282,17 +283,17 @@ def update_plan(
     fallback = new_document(process_id, ptype, component, None, "running", "", now)
     args = [
         process_id, now, json.dumps(now), str(DATA_TTL_S), "1" if heartbeat else "0",
-        "" if status is None else json.dumps(status), "" if message is None else json.dumps(message),
+        "" if status is None else json.dumps(status), "" if message is None else json.dumps(redact_text(message)),
         json.dumps(fallback), component,
     ]
     for key, value in (params or {}).items():
-        args += [str(key), json.dumps(value)]
+        args += [str(key), json.dumps(redact_value(value))]
     return [data_key(process_id), active_key(ptype), COMPONENTS_KEY], args
 
 
 def stop_plan(process_id: str, message: str) -> tuple[list[str], list[str]]:
     ptype, component = split_process_id(process_id)
-    args = [process_id, json.dumps(now_iso()), str(DATA_TTL_S), json.dumps(message), component]
+    args = [process_id, json.dumps(now_iso()), str(DATA_TTL_S), json.dumps(redact_text(message)), component]
     return [data_key(process_id), active_key(ptype), COMPONENTS_KEY], args
 
 
@@ -308,13 +309,7 @@ def fresh_ids(hashes: Sequence[Mapping[bytes, bytes]], within_s: float) -> list[
 # ---------------------------------------------------------------- error classification
 
 def _scrub(text: str, url: StoreURL) -> str:
-    from urllib.parse import unquote, urlsplit
-
-    password = urlsplit(url.url).password
-    if password:
-        for form in {password, unquote(password)}:
-            text = text.replace(form, "***")
-    return text
+    return redact_text(text, url.url)
 
 
 @contextmanager

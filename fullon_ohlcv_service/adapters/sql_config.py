@@ -29,6 +29,7 @@ from fullon_ohlcv_service.adapters.config_schema import (
     schema_missing,
 )
 from fullon_ohlcv_service.errors import ConfigError, PermanentError
+from fullon_ohlcv_service.exchange_params import parse_params
 from fullon_ohlcv_service.identifiers import symbol_table_base, validate_exchange, validate_symbol
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.models import ExchangeSpec, SymbolSpec
@@ -37,6 +38,7 @@ from fullon_ohlcv_service.settings import Settings
 _log = Log("fullon.ohlcv.config")
 
 DEFAULT_BACKTEST = 30
+MAX_BACKTEST_DAYS = 10_000  # back to the 1990s: all of any exchange's history, and still a positive epoch
 DEFAULT_UPDATEFRAME = "1h"
 DEFAULT_DECIMALS = 8
 _PARAM_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,99}")
@@ -72,6 +74,8 @@ def parse_param(text: str) -> tuple[str, str]:
 def check_backtest(days: int) -> int:
     if days < 0:
         raise InputRefused(f"--backtest must be >= 0 days, got {days}")
+    if days > MAX_BACKTEST_DAYS:
+        raise InputRefused(f"--backtest must be at most {MAX_BACKTEST_DAYS} days, got {days}")
     return days
 
 
@@ -100,19 +104,28 @@ def _bool(value: Any, default: bool = False) -> bool:
 
 
 def _int(value: Any, default: int) -> int:
-    return default if value is None else int(value)
+    """An integer column of a (possibly hand-edited) fullon row; ``default`` when it holds no usable number."""
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        _log.warning("configuration value is not a whole number; using the default", value=value, default=default)
+        return default
 
 
 class ConfigDB:
-    """The configuration database, opened with ``async with`` (``create`` makes a missing SQLite file)."""
+    """The configuration database, opened with ``async with`` (``create`` makes a missing SQLite file;
+    ``readonly`` opens an embedded one read-only, for commands that only read)."""
 
-    def __init__(self, settings: Settings, *, create: bool = False) -> None:
+    def __init__(self, settings: Settings, *, create: bool = False, readonly: bool = False) -> None:
         self.settings = settings
         self.create = create
+        self.readonly = readonly
         self._conn: ConfigConnection | None = None
 
     async def __aenter__(self) -> ConfigDB:
-        conn = ConfigConnection(self.settings.config_db, create=self.create)
+        conn = ConfigConnection(self.settings.config_db, create=self.create, readonly=self.readonly)
         await conn.__aenter__()
         try:
             if not self.create and not set(TABLES) <= await conn.existing_tables():
@@ -179,6 +192,7 @@ class ConfigDB:
         params = dict(params or {})
         for key in params:
             parse_param(f"{key}=")
+        parse_params(params)  # the worker's rules: a value it would refuse at boot is refused now
         async with self.db.transaction():
             uid = await self._require_admin()
             cat = await self.cat_ex_id(name)
@@ -347,7 +361,7 @@ class ConfigDB:
                 continue
             symbols.append(SymbolSpec(
                 symbol=str(sym),
-                backtest_days=max(0, _int(backtest, DEFAULT_BACKTEST)),
+                backtest_days=min(MAX_BACKTEST_DAYS, max(0, _int(backtest, DEFAULT_BACKTEST))),
                 updateframe=str(updateframe or DEFAULT_UPDATEFRAME),
                 decimals=_int(decimals, DEFAULT_DECIMALS),
                 futures=_bool(futures),

@@ -28,8 +28,10 @@ from fullon_ohlcv_service.adapters.redis_cache import (
     sort_docs,
     split_process_id,
 )
+from fullon_ohlcv_service.adapters.sqlite_files import check_file, corrupt, is_corrupt, probe, uri
 from fullon_ohlcv_service.adapters.sqlite_wal import enable_wal, end_failed_transaction
 from fullon_ohlcv_service.errors import PermanentError, StoreUnavailable
+from fullon_ohlcv_service.redaction import redact_text
 from fullon_ohlcv_service.settings import StoreURL
 
 T = TypeVar("T")
@@ -71,13 +73,18 @@ def _now_ms() -> int:
 
 
 class SyncSqliteProcessCache:
-    """ports.SyncProcessCache on SQLite: lazy connection, reopened after a fork, thread-safe."""
+    """ports.SyncProcessCache on SQLite: lazy connection, reopened after a fork, thread-safe.
 
-    def __init__(self, url: StoreURL | Path | str) -> None:
+    ``readonly`` (ohlcv-status) opens an existing file ``mode=ro`` and creates nothing: no directory,
+    no file, no table; its writes fail.
+    """
+
+    def __init__(self, url: StoreURL | Path | str, *, readonly: bool = False) -> None:
         if isinstance(url, StoreURL):
             self.path = url.path
         else:
             self.path = Path(url)
+        self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -89,16 +96,29 @@ class SyncSqliteProcessCache:
             _INHERITED.append(self._conn)
             self._conn = None
         if self._conn is None:
+            check_file("the process cache", self.path)
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-                )
-                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-                enable_wal(conn, BUSY_TIMEOUT_MS)
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
+                if self.readonly:
+                    conn = sqlite3.connect(uri(self.path, "ro"), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                           check_same_thread=False, uri=True)
+                else:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    conn = sqlite3.connect(
+                        self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+                    )
             except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(f"SQLite cache {self.path} unavailable: {exc}") from None
+            try:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                probe(conn)
+                if not self.readonly:
+                    enable_wal(conn, BUSY_TIMEOUT_MS)
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    conn.executescript(_SCHEMA)
+            except sqlite3.Error as exc:
+                conn.close()
+                if is_corrupt(exc):
+                    raise corrupt("the process cache", self.path, exc) from None
                 raise StoreUnavailable(f"SQLite cache {self.path} unavailable: {exc}") from None
             self._conn, self._pid = conn, os.getpid()
         return self._conn
@@ -126,6 +146,8 @@ class SyncSqliteProcessCache:
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"SQLite cache {self.path}: {exc}") from None
             except sqlite3.Error as exc:
+                if is_corrupt(exc):
+                    raise corrupt("the process cache", self.path, exc) from None
                 raise PermanentError(f"SQLite cache {self.path}: {exc}") from None
 
     def open(self) -> None:
@@ -247,7 +269,7 @@ class SyncSqliteProcessCache:
             now_ms = _now_ms()
             doc = self._read(conn, process_id, now_ms)
             if doc is not None:
-                doc.update(status="stopped", message=message, updated_at=now_iso())
+                doc.update(status="stopped", message=redact_text(message), updated_at=now_iso())
                 self._write(conn, doc, now_ms)
             conn.execute("DELETE FROM process_active WHERE process_type = ? AND process_id = ?", (ptype, process_id))
             conn.execute("DELETE FROM process_components WHERE component = ? AND process_id = ?",
@@ -267,8 +289,8 @@ class SyncSqliteProcessCache:
 class SqliteProcessCache:
     """ports.ProcessCache on SQLite: a thin asyncio.to_thread wrapper over SyncSqliteProcessCache."""
 
-    def __init__(self, url: StoreURL | Path | str) -> None:
-        self.sync = SyncSqliteProcessCache(url)
+    def __init__(self, url: StoreURL | Path | str, *, readonly: bool = False) -> None:
+        self.sync = SyncSqliteProcessCache(url, readonly=readonly)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fullon_ohlcv_service.adapters.sqlite_files import check_file, corrupt, is_corrupt, probe, uri
 from fullon_ohlcv_service.adapters.sqlite_wal import enable_wal, end_failed_transaction
 from fullon_ohlcv_service.adapters.stores import (
     FETCH_ROWS,
@@ -68,9 +69,13 @@ class _Names:
 
 
 class SqliteOhlcvStore:
-    """OhlcvStore on ``<directory>/<exchange>.sqlite``; open with ``async with``."""
+    """OhlcvStore on ``<directory>/<exchange>.sqlite``; open with ``async with``.
 
-    def __init__(self, directory: Path, exchange: str) -> None:
+    ``readonly`` (ohlcv-export) attaches an existing file ``mode=ro`` and creates nothing.
+    """
+
+    def __init__(self, directory: Path, exchange: str, *, readonly: bool = False) -> None:
+        self.readonly = readonly
         self.exchange = schema_name(exchange)
         self.directory = Path(directory)
         self.path = self.directory / f"{self.exchange}.sqlite"
@@ -104,20 +109,27 @@ class SqliteOhlcvStore:
             pool.shutdown(wait=True)
 
     def _connect(self) -> sqlite3.Connection:
+        check_file("the SQLite store", self.path)
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=True)
+            if not self.readonly:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=True, uri=self.readonly)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"SQLite store {self.path} cannot be opened: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute(f"ATTACH DATABASE ? AS {self._schema}", (str(self.path),))
-            enable_wal(conn, BUSY_TIMEOUT_MS, self._schema)
-            conn.execute(f"PRAGMA {self._schema}.synchronous=NORMAL")
+            target = uri(self.path, "ro") if self.readonly else str(self.path)
+            conn.execute(f"ATTACH DATABASE ? AS {self._schema}", (target,))
+            probe(conn, self._schema)
+            if not self.readonly:
+                enable_wal(conn, BUSY_TIMEOUT_MS, self._schema)
+                conn.execute(f"PRAGMA {self._schema}.synchronous=NORMAL")
             conn.execute(f"PRAGMA {self._schema}.cache_size=-32768")
             conn.execute("PRAGMA temp_store=MEMORY")
         except sqlite3.Error as exc:
             conn.close()
+            if is_corrupt(exc):
+                raise corrupt("the SQLite store", self.path, exc) from None
             raise StoreUnavailable(f"SQLite store {self.path} cannot be opened: {exc}") from exc
         return conn
 

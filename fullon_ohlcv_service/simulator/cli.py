@@ -10,10 +10,12 @@ import sys
 from typing import Any
 
 from fullon_ohlcv_service import log
+from fullon_ohlcv_service.cliargs import OneLineParser, count, number, seconds
 from fullon_ohlcv_service.errors import EXIT_OK, ConfigError
+from fullon_ohlcv_service.settings import LOG_LEVELS
 from fullon_ohlcv_service.simulator.faults import parse_fault_flag
 from fullon_ohlcv_service.simulator.market import SymbolConfig
-from fullon_ohlcv_service.simulator.server import VENUES, Simulator, parse_symbol_spec
+from fullon_ohlcv_service.simulator.server import MAX_RATE, VENUES, Simulator, parse_symbol_spec
 
 
 def parse_symbols(text: str, exchanges: list[str], rate: float) -> dict[str, list[SymbolConfig]]:
@@ -36,24 +38,24 @@ def parse_symbols(text: str, exchanges: list[str], rate: float) -> dict[str, lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ohlcv-simulator",
+    p = OneLineParser(prog="ohlcv-simulator",
                                 description="Kraken and Binance spot wire formats on loopback, with faults.")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
-    p.add_argument("--port", type=int, default=0, help="TCP port (0 = a free one)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--port", type=count(0, 65535), default=0, help="TCP port (0 = a free one)")
+    p.add_argument("--seed", type=count(0, 2**63 - 1), default=1)
     p.add_argument("--exchanges", default=",".join(VENUES), help="comma list (default: kraken,binance)")
     p.add_argument("--symbols", default="",
                    help="e.g. 'kraken:BTC/USD@20,ETH/USD@0.5;binance:BTC/USDT' (@rate = trades/s)")
-    p.add_argument("--rate", type=float, default=5.0, help="default average trades/s per symbol")
-    p.add_argument("--history-days", type=float, default=1.0, help="days of history before start-up")
+    p.add_argument("--rate", type=number(0, MAX_RATE), default=5.0, help="default average trades/s per symbol")
+    p.add_argument("--history-days", type=number(0, 3650), default=1.0, help="days of history before start-up")
     p.add_argument("--fault", action="append", default=[],
                    help="fault at start, e.g. 'rest_429=3', 'ws_drop_every_s=10,exchange=kraken' (repeatable)")
     p.add_argument("--burst", action="store_true", help="stream trades as fast as sockets take them")
     p.add_argument("--steady", action="store_true",
                    help="no quiet stretches or bursts: every minute trades at the average rate")
-    p.add_argument("--tick-ms", type=int, default=50, help="live push interval")
-    p.add_argument("--ping-interval", type=float, default=20.0, help="Binance server ping interval, seconds")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--tick-ms", type=count(1, 60_000), default=50, help="live push interval")
+    p.add_argument("--ping-interval", type=seconds(), default=20.0, help="Binance server ping interval, seconds")
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="WARNING")
     return p
 
 
@@ -78,10 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in exchanges:
         if name not in VENUES:
             raise ConfigError(f"the simulator has no exchange {name!r} (it has: {', '.join(VENUES)})")
-    if args.port < 0 or args.port > 65535:
-        raise ConfigError(f"--port {args.port} is out of range")
-    if args.history_days < 0:
-        raise ConfigError("--history-days must be >= 0")
     symbols = parse_symbols(args.symbols, exchanges, args.rate)
     faults = [parse_fault_flag(f) for f in args.fault]
     sim = Simulator(seed=args.seed, symbols=symbols, rate=args.rate, history_days=args.history_days,

@@ -43,6 +43,9 @@ class ScaledClock:
         return self.start_ms + int((time.monotonic() - self._mono0) * 1000 * self.speed)
 
 
+MAX_RATE = 1_000_000.0  # trades/s of one symbol: far above any benchmark, and finite
+
+
 def parse_symbol_spec(text: str, default_rate: float) -> SymbolConfig:
     """``BTC/USD`` or ``BTC/USD@5`` (5 trades/s on average) -> SymbolConfig."""
     symbol, _, rate = text.strip().partition("@")
@@ -52,8 +55,8 @@ def parse_symbol_spec(text: str, default_rate: float) -> SymbolConfig:
         r = float(rate) if rate else default_rate
     except ValueError:
         raise ConfigError(f"rate in {text!r} is not a number") from None
-    if r < 0:
-        raise ConfigError(f"rate in {text!r} must be >= 0")
+    if not 0 <= r <= MAX_RATE:  # also refuses nan and inf
+        raise ConfigError(f"rate in {text!r} must be a number from 0 to {MAX_RATE:g}")
     return SymbolConfig(symbol.upper(), rate=r)
 
 

@@ -6,15 +6,16 @@ import argparse
 import asyncio
 import importlib
 import re
-import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from fullon_ohlcv_service import log
-from fullon_ohlcv_service.errors import EXIT_USAGE, ConfigError, OhlcvError, StoreUnavailable
+from fullon_ohlcv_service.cliargs import OneLineParser, count, seconds
+from fullon_ohlcv_service.errors import ConfigError, OhlcvError, StoreUnavailable
+from fullon_ohlcv_service.memory import MIN_BUFFER_MB
 from fullon_ohlcv_service.models import ExchangeSpec
-from fullon_ohlcv_service.settings import Settings, add_common_args, add_feed_args, settings_from_args
+from fullon_ohlcv_service.settings import COUNTS, Settings, add_common_args, add_feed_args, settings_from_args
 
 if TYPE_CHECKING:
     from fullon_ohlcv_service.metrics.process import ExporterProcess
@@ -22,16 +23,8 @@ if TYPE_CHECKING:
 _EXCHANGE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage dump) and exits EXIT_USAGE."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="ohlcv-supervisor",
         description="Fork one collector worker per exchange, watch their heartbeats and restart them by policy. "
         "SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the configuration (if that fails, the running "
@@ -41,25 +34,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated ccxt ids (default: every exchange the admin has)")
     p.add_argument("--simulator", metavar="URL", help="base URL of an exchange simulator (rewrites every ccxt URL)")
     g = p.add_argument_group("liveness and restarts (seconds)")
-    g.add_argument("--heartbeat-interval", type=float, metavar="S", help="worker heartbeat period (default 5)")
-    g.add_argument("--heartbeat-timeout", type=float, metavar="S",
+    g.add_argument("--heartbeat-interval", type=seconds(), metavar="S", help="worker heartbeat period (default 5)")
+    g.add_argument("--heartbeat-timeout", type=seconds(), metavar="S",
                    help="a worker whose heartbeat is older than this is hung (default 30)")
-    g.add_argument("--boot-grace", type=float, metavar="S", help="no worker is judged hung before this (default 60)")
-    g.add_argument("--kill-grace", type=float, metavar="S", help="SIGTERM to SIGKILL for a hung worker (default 5)")
-    g.add_argument("--graceful-timeout", type=float, metavar="S",
+    g.add_argument("--boot-grace", type=seconds(zero_ok=True), metavar="S",
+                   help="no worker is judged hung before this (default 60)")
+    g.add_argument("--kill-grace", type=seconds(), metavar="S", help="SIGTERM to SIGKILL for a hung worker (default 5)")
+    g.add_argument("--graceful-timeout", type=seconds(), metavar="S",
                    help="time the workers get to flush on stop before SIGKILL (default 10)")
-    g.add_argument("--restart-budget", type=int, metavar="N",
+    g.add_argument("--restart-budget", type=count(*COUNTS["restart_budget"]), metavar="N",
                    help="restarts per exchange per hour before it is parked FATAL (default 20)")
-    g.add_argument("--backoff-initial", type=float, metavar="S", help="second restart delay, doubling (default 1)")
-    g.add_argument("--backoff-max", type=float, metavar="S", help="restart delay cap (default 60)")
-    g.add_argument("--backoff-reset", type=float, metavar="S", default=30.0,
+    g.add_argument("--backoff-initial", type=seconds(), metavar="S", help="second restart delay, doubling (default 1)")
+    g.add_argument("--backoff-max", type=seconds(), metavar="S", help="restart delay cap (default 60)")
+    g.add_argument("--backoff-reset", type=seconds(), metavar="S", default=30.0,
                    help="a worker up this long was healthy: its next restart is immediate (default 30)")
-    p.add_argument("--buffer-mb", type=int, metavar="MB",
+    p.add_argument("--buffer-mb", type=count(MIN_BUFFER_MB, 1 << 20), metavar="MB",
                    help="memory bound of each worker's buffers, all its symbols together (default 128)")
     g.add_argument("--start-method", choices=("fork", "spawn"), default="fork",
                    help="how workers are started (default fork; spawn exists for the benchmark)")
     m = p.add_argument_group("metrics (Prometheus)")
-    m.add_argument("--metrics-port", type=int, metavar="PORT",
+    m.add_argument("--metrics-port", type=count(0, 65535), metavar="PORT",
                    help="serve /metrics on this TCP port from a small child process (default: off; 0 = any free port)")
     m.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                    help="address /metrics listens on (default 127.0.0.1)")
@@ -138,6 +132,24 @@ def _scrub(text: str, url: str) -> str:
     return text
 
 
+def check_cache(settings: Settings) -> None:
+    """Open an embedded (SQLite) process cache once: a file that is not a database stops the start (exit 78).
+
+    An unreachable cache does not: the master rides out a cache outage and reports it.
+    """
+    if settings.cache.kind != "sqlite":
+        return
+    from fullon_ohlcv_service.adapters.sqlite_cache import SyncSqliteProcessCache
+
+    cache = SyncSqliteProcessCache(settings.cache)
+    try:
+        cache.open()
+    except StoreUnavailable:
+        pass
+    finally:
+        cache.close()
+
+
 PRELOAD = (
     "ccxt", "ccxt.pro", "uvloop", "aiohttp", "redis", "redis.asyncio", "asyncpg", "sqlite3",
     "fullon_ohlcv_service.adapters.stores", "fullon_ohlcv_service.adapters.sqlite_store",
@@ -155,10 +167,9 @@ def preload() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
-    settings = settings_from_args(ns)
-    if not ns.backoff_reset > 0:
-        raise ConfigError(f"--backoff-reset: must be > 0, got {ns.backoff_reset}")
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    settings = settings_from_args(ns, parser=parser)
     names = parse_exchanges(ns.exchanges)
     log.configure(settings.log_level, settings.log_format, file=settings.log_file)
 
@@ -171,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from fullon_ohlcv_service.worker.main import run_worker
 
     specs = load_specs(settings, names)
+    check_cache(settings)
     exporter = open_exporter(ns, settings)
     starter: Starter = (ForkStarter if ns.start_method == "fork" else SpawnStarter)(run_worker, settings)
     arbiter = Arbiter(

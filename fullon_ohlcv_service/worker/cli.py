@@ -5,30 +5,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from fullon_ohlcv_service.cliargs import OneLineParser, count, seconds
 from fullon_ohlcv_service.errors import ConfigError
+from fullon_ohlcv_service.memory import MIN_BUFFER_MB
 from fullon_ohlcv_service.models import ExchangeSpec
-from fullon_ohlcv_service.settings import Settings, add_common_args, add_feed_args, settings_from_args
+from fullon_ohlcv_service.settings import COUNTS, Settings, add_common_args, add_feed_args, settings_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="ohlcv-worker", description="Collect one exchange's trades and 1m candles in the foreground."
     )
     p.add_argument("--exchange", required=True, help="ccxt exchange id, as configured (e.g. kraken)")
     p.add_argument("--simulator", help="base URL of an exchange simulator: every ccxt URL points at it")
-    p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)")
-    p.add_argument("--graceful-timeout", type=float,
+    p.add_argument("--heartbeat-interval", type=seconds(), help="seconds between heartbeats (default 5)")
+    p.add_argument("--graceful-timeout", type=seconds(),
                    help="seconds to flush on SIGTERM or Ctrl-C; the stop never takes longer (rows not committed "
                    "by then are re-fetched from REST on the next start; default 10)")
-    p.add_argument("--flush-rows", type=int, help="rows per write batch (default 1000)")
-    p.add_argument("--flush-interval", type=float, help="max seconds a row waits before a flush (default 0.25)")
-    p.add_argument("--buffer-rows", type=int, help="rows buffered before reading pauses (default 50000)")
-    p.add_argument("--buffer-mb", type=int,
+    p.add_argument("--flush-rows", type=count(*COUNTS["flush_rows"]), help="rows per write batch (default 1000)")
+    p.add_argument("--flush-interval", type=seconds(), help="max seconds a row waits before a flush (default 0.25)")
+    p.add_argument("--buffer-rows", type=count(*COUNTS["buffer_rows"]),
+                   help="rows buffered before reading pauses (default 50000)")
+    p.add_argument("--buffer-mb", type=count(MIN_BUFFER_MB, 1 << 20),
                    help="memory bound of the worker's buffers, all symbols together (default 128)")
-    p.add_argument("--silence-min", type=float, default=3.0,
+    p.add_argument("--silence-min", type=seconds(), default=3.0,
                    help="shortest silence (s) that triggers a REST catch-up (default 3)")
-    p.add_argument("--gap-check", type=float, default=60.0, help="seconds between candle gap checks (default 60)")
-    p.add_argument("--reconcile", type=float, default=60.0,
+    p.add_argument("--gap-check", type=seconds(), default=60.0, help="seconds between candle gap checks (default 60)")
+    p.add_argument("--reconcile", type=seconds(), default=60.0,
                    help="seconds between REST reconciliations of the last final candles (default 60)")
     p.add_argument("--no-native-ohlcv", action="store_true",
                    help="do not watch the exchange's live candles (candles then come from trades and REST only)")
@@ -49,8 +52,9 @@ async def load_spec(settings: Settings, exchange: str) -> ExchangeSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
-    settings = settings_from_args(ns)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    settings = settings_from_args(ns, parser=parser)
     from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
 
     check_exchange_supported(ns.exchange)

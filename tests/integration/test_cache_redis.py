@@ -159,6 +159,20 @@ async def test_unreachable_server_is_store_unavailable_without_password() -> Non
     sync.close()
 
 
+def test_no_password_reaches_the_cache(redis_url: str) -> None:
+    """A URL's password in a message or params (a store error a worker reports) is stored as ***."""
+    leaky = "PostgreSQL store postgresql://u:SE/CRET@db:5432/x unavailable"
+    cache = SyncRedisProcessCache(_url(redis_url))
+    pid = cache.register("ohlcv", "w", {"error": leaky}, message=leaky)
+    cache.update(pid, message=leaky, params={"symbols": {"BTC/USD": {"last_rest_error": "GET https://k:SECRET@x/y"}}})
+    cache.stop(cache.register("ohlcv", "w2"), message="redis://:SE#CRET@h:6379/0 gone")
+    raw = redis.Redis.from_url(redis_url)
+    stored = " ".join(raw.get(k).decode() for k in raw.keys("*") if raw.type(k) == b"string")
+    raw.close()
+    cache.close()
+    assert "CRET" not in stored and stored.count("***") == 4
+
+
 PRIVATE_PW = "s3cr!t pw"
 
 

@@ -195,3 +195,37 @@ def test_a_full_database_keeps_its_error_and_the_next_write_succeeds(home: Path)
     cache.update(pid, params={"big": "y" * 200_000})
     assert cache.get(pid)["params"]["big"] == "y" * 200_000  # type: ignore[index]
     cache.close()
+
+
+LEAKY = "PostgreSQL store postgresql://u:SE/CRET@db:5432/x unavailable"
+
+
+def test_no_password_reaches_the_cache(home: Path) -> None:
+    """Whatever a worker puts in its message or params, a URL's password is stored as ***."""
+    path = home / "c.sqlite"
+    cache = SyncSqliteProcessCache(path)
+    pid = cache.register("ohlcv", "w", {"error": LEAKY}, message=LEAKY)
+    cache.update(pid, message=LEAKY, params={"symbols": {"BTC/USD": {"last_rest_error": "GET https://k:SECRET@x/y"}}})
+    cache.stop(cache.register("ohlcv", "w2"), message="redis://:SE#CRET@h:6379/0 gone")
+    cache.close()
+    with sqlite3.connect(path) as raw:
+        stored = " ".join(row[0] for row in raw.execute("SELECT data FROM process_data"))
+    assert "CRET" not in stored and stored.count("***") == 4
+
+
+def test_damaged_file_is_store_corrupt_and_untouched(home: Path) -> None:
+    from fullon_ohlcv_service.errors import StoreCorrupt
+
+    path = home / "cache.sqlite"
+    path.write_bytes(b"not a database at all\n" * 100)
+    for readonly in (False, True):
+        with pytest.raises(StoreCorrupt, match=r"the process cache .*cache\.sqlite is not a usable SQLite database"):
+            SyncSqliteProcessCache(path, readonly=readonly).get_component("ohlcv-supervisor")
+    assert path.read_bytes() == b"not a database at all\n" * 100
+
+
+def test_read_only_cache_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "none" / "cache.sqlite"
+    with pytest.raises(StoreUnavailable):
+        SyncSqliteProcessCache(path, readonly=True).get_component("ohlcv-supervisor")
+    assert not (tmp_path / "none").exists()

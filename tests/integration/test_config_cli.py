@@ -134,12 +134,13 @@ def test_console_flow(backend: Backend, capsys):
 
 def test_add_exchange_params_upsert_and_text_list(backend: Backend, capsys):
     assert cfg(capsys, "init")[0] == 0
-    code, out, _ = cfg(capsys, "add-exchange", "kraken", "--param", "rate_limit=100", "--param", "base_url=x")
+    proxy = "http://127.0.0.1:1"
+    code, out, _ = cfg(capsys, "add-exchange", "kraken", "--param", "rate_limit=100", "--param", f"base_url={proxy}")
     assert code == 0 and "2 parameter(s) changed" in out
-    code, out, _ = cfg(capsys, "add-exchange", "kraken", "--param", "rate_limit=250", "--param", "base_url=x")
+    code, out, _ = cfg(capsys, "add-exchange", "kraken", "--param", "rate_limit=250", "--param", f"base_url={proxy}")
     assert code == 0 and "account kraken1 kept; 1 parameter(s) changed" in out
     assert backend.sql("SELECT name, value FROM cat_exchanges_params ORDER BY name") == [
-        ("base_url", "x"), ("rate_limit", "250"),
+        ("base_url", proxy), ("rate_limit", "250"),
     ]
     assert backend.sql("SELECT count(*) FROM exchanges")[0][0] == 1
     assert cfg(capsys, "add-symbol", "kraken", "ETH/USD", "--updateframe", "1d")[0] == 0
@@ -179,8 +180,9 @@ def test_every_bad_input_has_a_message_and_exit_1(backend: Backend, capsys):
     msg = refused(capsys, "add-symbol", "kraken", "btc/usd")  # same table name btc_usd_*
     assert "already configured on kraken (as BTC/USD, which maps to the same table)" in msg
 
-    assert "--backtest must be >= 0 days, got -1" in refused(capsys, "add-symbol", "kraken", "ETH/USD",
-                                                              "--backtest", "-1")
+    with pytest.raises(SystemExit) as info:  # a number outside its range is a bad command line: exit 2
+        cfg(capsys, "add-symbol", "kraken", "ETH/USD", "--backtest", "-1")
+    assert info.value.code == 2 and "--backtest: must be from 0 to 10000, got -1" in capsys.readouterr().err
     assert "exchange name 'Kraken!' is invalid" in refused(capsys, "add-exchange", "Kraken!")
     assert "exchange name 'kra-ken' is invalid" in refused(capsys, "add-symbol", "kra-ken", "BTC/USD")
     assert "symbol ETH/USD is not configured on kraken" in refused(capsys, "remove-symbol", "kraken", "ETH/USD")
@@ -239,7 +241,7 @@ def test_real_subprocess(backend: Backend):
     assert r.stderr.strip().splitlines()[-1] == (
         "ohlcv-config: error: exchange 'binance' is not configured; run: ohlcv-config add-exchange binance")
     r = call("add-symbol", "kraken", "BTC/USD", "--backtest", "-5")
-    assert r.returncode == 1 and "--backtest must be >= 0 days, got -5" in r.stderr
+    assert r.returncode == 2 and "--backtest: must be from 0 to 10000, got -5" in r.stderr
 
 
 FULLON_LIKE = {

@@ -137,6 +137,21 @@ async def test_invalid_symbol_rows_are_left_out_with_an_error(settings: Settings
     assert errors and errors[0]["symbol"] == "BTC/USD'; --"
 
 
+async def test_hand_edited_numbers_are_bounded_not_fatal(settings: Settings, backend: Backend, logs: io.StringIO):
+    """A fullon database edited by hand: an absurd backtest is clamped, a non-number is the default."""
+    await seed(settings, backend)
+    await backend.asql("UPDATE symbols SET backtest = ? WHERE symbol = ?", 2**31 - 1, "BTC/USD")
+    if backend.kind == "sqlite":  # PostgreSQL's INTEGER column cannot hold text
+        await backend.asql("UPDATE symbols SET backtest = ? WHERE symbol = ?", "lots", "ETH/USD")
+    async with SqlConfigSource(settings) as src:
+        (kraken,) = await src.load_exchanges(["kraken"])
+    days = {s.symbol: s.backtest_days for s in kraken.symbols}
+    assert days["BTC/USD"] == 10_000
+    if backend.kind == "sqlite":
+        assert days["ETH/USD"] == 30
+        assert any("not a whole number" in str(r["msg"]) for r in records(logs))
+
+
 async def test_no_admin_user_means_nothing_collected(settings: Settings, backend: Backend, logs: io.StringIO):
     await seed(settings, backend)
     other = settings.with_overrides(admin_mail="nobody@fullon")

@@ -139,7 +139,7 @@ class System:
     def setup_config(self, symbols: dict[str, list[str]], backtest: int = 0) -> None:
         self.config("init")
         for exchange, syms in symbols.items():
-            self.config("add-exchange", exchange)
+            self.config("add-exchange", exchange, "--force")  # bitmex too: parked by the worker
             for s in syms:
                 self.config("add-symbol", exchange, s, "--backtest", str(backtest))
 

@@ -47,3 +47,16 @@ def test_driver_traceback_is_one_structured_line():
     assert "Traceback" not in out
     logging.getLogger("asyncpg.pool").info("not shown below WARNING")
     assert buf.getvalue() == out
+
+
+@pytest.mark.parametrize("path", ["/proc/no/such/dir/ohlcv.log", "/"])
+def test_unwritable_log_file_is_one_config_error_and_logging_keeps_working(path):
+    from fullon_ohlcv_service.errors import ConfigError
+
+    buf = io.StringIO()
+    configure("INFO", "text", stream=buf)
+    with pytest.raises(ConfigError, match=r"^LOG_FILE_PATH: cannot write to ") as info:
+        configure("INFO", "text", file=path)
+    assert "\n" not in str(info.value)
+    Log("fullon.ohlcv.supervisor").error("still logged")  # the previous handler was kept
+    assert "still logged" in buf.getvalue()
