@@ -14,11 +14,19 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType, MappingProxyType
 from typing import Any, NoReturn, Protocol
 
+from fullon_ohlcv_service.contract import (
+    PROCESS_TYPE,
+    SUPERVISOR_COMPONENT,
+    Record,
+    SupervisorBeat,
+    WorkerBeat,
+    supervisor_cache_status,
+)
 from fullon_ohlcv_service.errors import (
     EXIT_ALL_FATAL,
     EXIT_CRASH,
@@ -34,11 +42,9 @@ from fullon_ohlcv_service.ports import SyncProcessCache
 from fullon_ohlcv_service.settings import Settings
 from fullon_ohlcv_service.supervisor.handle import State, WorkerHandle
 from fullon_ohlcv_service.supervisor.policy import Backoff, ExitKind, RestartBudget, describe_exit, is_stale
-from fullon_ohlcv_service.timeutil import now_ms, parse_time
+from fullon_ohlcv_service.timeutil import now_ms
 
 TICK_S = 0.5
-SUPERVISOR_COMPONENT = "ohlcv-supervisor"
-PROCESS_TYPE = "ohlcv"
 
 WorkerTarget = Callable[..., int]  # run_worker(spec, settings, *, parent_pid=...) -> exit code
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -468,16 +474,15 @@ class Arbiter:
         """A SIGTERM/SIGINT recorded but not handled yet: supervisord's stopasgroup (or a terminal's
         Ctrl-C) signals the workers together with the master, so their exits belong to that stop."""
         return any(sig in (signal.SIGTERM, signal.SIGINT) for sig in self._signals)
-    def _final_params(self, h: WorkerHandle) -> dict[str, Any] | None:
+    def _final_params(self, h: WorkerHandle) -> Mapping[str, Any] | None:
         """The reaped worker's last heartbeat params (its final counters), when the cache answers."""
         if self._cache_down:
             return None
         try:
-            doc = self.cache.get_component(h.component)
+            record = Record.from_doc(self.cache.get_component(h.component))
         except OhlcvError:
             return None  # the ledger keeps the newest beat the liveness check read
-        params = (doc or {}).get("params")
-        return params if isinstance(params, dict) else None
+        return record.params if record is not None else None
 
     def _park(self, h: WorkerHandle, reason: str) -> None:
         h.due_at = None
@@ -513,15 +518,14 @@ class Arbiter:
                 self._terminate(h, t.kill_grace)
 
     def _note_beat(self, h: WorkerHandle, doc: dict[str, Any] | None, now: float, wall: int) -> None:
-        if not doc:
+        record = Record.from_doc(doc)
+        if record is None:
             return
-        params = doc.get("params") or {}
-        if h.pid is None or params.get("pid") != h.pid:
+        if h.pid is None or WorkerBeat.from_params(record.params).pid != h.pid:
             return  # a previous incarnation's beat never counts
-        self.ledger.seen(h.name, h.pid, params)
-        try:
-            beat_ms = parse_time(str(doc.get("heartbeat") or ""))
-        except ValueError:
+        self.ledger.seen(h.name, h.pid, record.params)
+        beat_ms = record.heartbeat_ms()
+        if beat_ms is None:
             return
         beat_at = now - max(0.0, (wall - beat_ms) / 1000.0)
         if h.beat_at is None or beat_at > h.beat_at:
@@ -739,20 +743,18 @@ class Arbiter:
 
     # ------------------------------------------------------------------ own registration
 
-    def params(self) -> dict[str, Any]:
+    def beat(self) -> SupervisorBeat:
+        """The master's own record params (the contract's typed form)."""
         t = self.timing
-        return {
-            "pid": self.pid,
-            "exchanges": {name: h.params() for name, h in self.handles.items()},
-            "heartbeat_interval": t.heartbeat_interval,
-            "heartbeat_timeout": t.heartbeat_timeout,
-            "boot_grace": t.boot_grace,
-            "stopping": self._stopping,
-            # empty once a reload succeeds: the cache merges params, so an absent key would keep the old one
-            "reload_error": self.reload_error or "",
-            "metrics": self.ledger.params(),
-            **({"metrics_exporter": self.exporter.params()} if self.exporter is not None else {}),
-        }
+        return SupervisorBeat(
+            pid=self.pid, exchanges={name: h.entry() for name, h in self.handles.items()},
+            heartbeat_interval=t.heartbeat_interval, heartbeat_timeout=t.heartbeat_timeout, boot_grace=t.boot_grace,
+            stopping=self._stopping, reload_error=self.reload_error, metrics=self.ledger.params(),
+            metrics_exporter=self.exporter.params() if self.exporter is not None else None,
+        )
+
+    def params(self) -> dict[str, Any]:
+        return self.beat().to_params()
 
     def _summary(self) -> str:
         counts: dict[State, int] = {}
@@ -765,7 +767,7 @@ class Arbiter:
         if not final and not self._dirty and now < self._next_publish:
             return
         parked = any(h.state == "fatal" for h in self.handles.values())
-        status = "stopped" if final else ("error" if parked else "running")
+        status = supervisor_cache_status(parked=parked, final=final)
         try:
             if self._process_id is None:
                 self._process_id = self.cache.register(

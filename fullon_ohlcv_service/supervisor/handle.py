@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from fullon_ohlcv_service.contract import WorkerEntry, worker_component
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.supervisor.policy import Backoff, RestartBudget
 
-# The states the master reports in its ProcessCache params (the worker/supervisor contract).
 State = Literal["starting", "running", "backoff", "hung", "fatal", "stopped"]
-STATES: tuple[State, ...] = ("starting", "running", "backoff", "hung", "fatal", "stopped")
 
 
 @dataclass(slots=True)
@@ -47,7 +46,7 @@ class WorkerHandle:
     @property
     def component(self) -> str:
         """The worker's ProcessCache component (the contract: ``ohlcv-worker:<exchange>``)."""
-        return f"ohlcv-worker:{self.spec.name}"
+        return worker_component(self.spec.name)
 
     @property
     def alive(self) -> bool:
@@ -63,14 +62,7 @@ class WorkerHandle:
         self.reason = reason
         return changed
 
-    def params(self) -> dict[str, Any]:
+    def entry(self) -> WorkerEntry:
         """This worker's entry in the master's ProcessCache params."""
-        return {
-            "pid": self.pid,
-            "state": self.state,
-            "restarts": self.restarts,
-            "last_exit": self.last_exit,
-            "since_ms": self.since_ms,
-            "reason": self.reason,
-            "started_ms": self.started_ms,
-        }
+        return WorkerEntry(pid=self.pid, state=self.state, restarts=self.restarts, last_exit=self.last_exit,
+                           since_ms=self.since_ms, reason=self.reason, started_ms=self.started_ms)
