@@ -7,12 +7,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from fullon_ohlcv_service.models import Candle, ExchangeSpec, Reject, Trade
 
-# fullon_cache's enum strings.
-PROCESS_TYPES = (
-    "tick", "ohlcv", "bot", "account", "order", "bot_status_service", "crawler", "user_trades_service",
-)
-PROCESS_STATUSES = ("starting", "running", "processing", "idle", "error", "stopped")
-
 
 class ConfigSource(Protocol):
     """Reads the fullon_orm configuration tables."""

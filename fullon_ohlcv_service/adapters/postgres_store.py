@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from fullon_ohlcv_service.adapters.stores import (
+from fullon_ohlcv_service.adapters.store_rules import (
     FETCH_ROWS,
     compute_gaps,
     dedupe_candles,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fullon_ohlcv_service.adapters.sqlite_wal import enable_wal, end_failed_transaction
-from fullon_ohlcv_service.adapters.stores import (
+from fullon_ohlcv_service.adapters.store_rules import (
     FETCH_ROWS,
     compute_gaps,
     dedupe_candles,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fullon_ohlcv_service.adapters.stores import SqlOhlcvStore, compute_gaps, open_ohlcv_store
+from fullon_ohlcv_service.adapters.store_rules import compute_gaps
+from fullon_ohlcv_service.adapters.stores import SqlOhlcvStore, open_ohlcv_store
 from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreDataError, StoreUnavailable
 from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.settings import StoreURL, parse_store_url
