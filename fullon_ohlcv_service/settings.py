@@ -106,7 +106,12 @@ def parse_store_url(setting: str, url: str, allowed: tuple[str, ...]) -> StoreUR
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything a process of this service needs to know, validated once at start."""
+    """Everything a process of this service needs to know, validated once at start.
+
+    One shape for every process: the master reads its limits from it and hands the same object to
+    every worker it forks, so a flag given to ``ohlcv-supervisor`` reaches the workers as it reaches
+    ``ohlcv-worker`` run in the foreground.
+    """
 
     home: Path
     config_db: StoreURL
@@ -122,6 +127,10 @@ class Settings:
     flush_interval: float = 0.25
     buffer_rows: int = 50_000
     buffer_mb: int = DEFAULT_BUFFER_MB  # the worker's buffers, all symbols together (memory.py)
+    silence_min: float = 3.0  # shortest silence (s) of a symbol that triggers a REST catch-up
+    gap_check: float = 60.0  # seconds between candle gap checks
+    reconcile: float = 60.0  # seconds between REST reconciliations of the last final candles
+    native_ohlcv: bool = True  # also watch the exchange's live 1m candles (provisional rows only)
     # supervisor
     heartbeat_timeout: float = 30.0
     boot_grace: float = 60.0
@@ -130,6 +139,7 @@ class Settings:
     restart_budget: int = 20
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
+    backoff_reset: float = 30.0  # a worker up this long was healthy: its next restart is immediate
     simulator: str | None = None  # base URL of an exchange simulator; rewrites every ccxt URL
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -148,7 +158,8 @@ class Settings:
             raise ConfigError(f"ADMIN_MAIL: {self.admin_mail!r} is not a mail address")
         positive = (
             "heartbeat_interval", "flush_interval", "heartbeat_timeout", "kill_grace",
-            "graceful_timeout", "backoff_initial", "backoff_max",
+            "graceful_timeout", "backoff_initial", "backoff_max", "backoff_reset", "silence_min", "gap_check",
+            "reconcile",
         )
         for name in positive:
             value = getattr(self, name)
@@ -289,6 +300,24 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cache", help="process cache URL (env OHLCV_CACHE, or REDIS_HOST...)")
     g.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="env LOG_LEVEL (default INFO)")
     g.add_argument("--log-format", choices=LOG_FORMATS, help="env LOG_FORMAT (default text)")
+
+
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of the collection itself, shared by ``ohlcv-worker`` and ``ohlcv-supervisor`` (for every worker)."""
+    g = parser.add_argument_group("collection (each worker)")
+    g.add_argument("--flush-rows", type=int, metavar="N", help="rows per write batch (default 1000)")
+    g.add_argument("--flush-interval", type=float, metavar="S", help="max seconds a row waits before a flush "
+                   "(default 0.25)")
+    g.add_argument("--buffer-rows", type=int, metavar="N", help="rows buffered before reading pauses (default 50000)")
+    g.add_argument("--buffer-mb", type=int, metavar="MB",
+                   help="memory bound of each worker's buffers, all its symbols together (default 128)")
+    g.add_argument("--silence-min", type=float, metavar="S",
+                   help="shortest silence (s) that triggers a REST catch-up (default 3)")
+    g.add_argument("--gap-check", type=float, metavar="S", help="seconds between candle gap checks (default 60)")
+    g.add_argument("--reconcile", type=float, metavar="S",
+                   help="seconds between REST reconciliations of the last final candles (default 60)")
+    g.add_argument("--no-native-ohlcv", dest="native_ohlcv", action="store_const", const=False,
+                   help="do not watch the exchange's live candles (candles then come from trades and REST only)")
 
 
 _NAME_RE = re.compile(r"^[a-z_]+$")

@@ -15,7 +15,6 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import FrameType, MappingProxyType
 from typing import Any, NoReturn, Protocol
 
@@ -175,31 +174,6 @@ class SpawnStarter:
         return proc.pid
 
 
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """The master's time limits in seconds (from Settings, plus the backoff reset)."""
-
-    heartbeat_interval: float
-    heartbeat_timeout: float
-    boot_grace: float
-    kill_grace: float
-    graceful_timeout: float
-    restart_budget: int
-    backoff_initial: float
-    backoff_max: float
-    backoff_reset: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings, backoff_reset: float = 30.0) -> Timing:
-        return cls(
-            heartbeat_interval=settings.heartbeat_interval, heartbeat_timeout=settings.heartbeat_timeout,
-            boot_grace=settings.boot_grace, kill_grace=settings.kill_grace,
-            graceful_timeout=settings.graceful_timeout, restart_budget=settings.restart_budget,
-            backoff_initial=settings.backoff_initial, backoff_max=settings.backoff_max,
-            backoff_reset=backoff_reset,
-        )
-
-
 class Arbiter:
     """One master: a synchronous loop that wakes on a signal or every half second.
 
@@ -211,7 +185,7 @@ class Arbiter:
     def __init__(
         self,
         specs: Sequence[ExchangeSpec],
-        timing: Timing,
+        settings: Settings,
         *,
         starter: Starter,
         cache: SyncProcessCache,
@@ -224,7 +198,7 @@ class Arbiter:
         tick: float = TICK_S,
         exporter: ExporterProcess | None = None,
     ) -> None:
-        self.timing = timing
+        self.settings = settings  # the master's limits; the starter hands the same settings to every worker
         self.starter = starter
         self.cache = cache
         self.reload_fn = reload
@@ -259,7 +233,7 @@ class Arbiter:
     # ------------------------------------------------------------------ set-up
 
     def _add(self, spec: ExchangeSpec) -> WorkerHandle:
-        t = self.timing
+        t = self.settings
         handle = WorkerHandle(
             spec=spec,
             backoff=Backoff(initial=t.backoff_initial, maximum=t.backoff_max, reset_after=t.backoff_reset,
@@ -341,7 +315,7 @@ class Arbiter:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.timing.graceful_timeout
+        deadline = time.monotonic() + self.settings.graceful_timeout
         while pids and time.monotonic() < deadline:
             pids = {p for p in pids if not _reaped(p)}
             time.sleep(0.05)
@@ -508,7 +482,7 @@ class Arbiter:
         wall = self.wall_ms()
         for h in watched:
             self._note_beat(h, beats.get(h.name), now, wall)
-            t = self.timing
+            t = self.settings
             if is_stale(h.beat_at, now, t.boot_grace, t.heartbeat_timeout, started=h.started_at):
                 age = "never" if h.beats == 0 else f"{now - (h.beat_at or now):.1f}s"
                 self.log.warning("worker hung: heartbeat too old; terminating it", exchange=h.name,
@@ -575,7 +549,7 @@ class Arbiter:
                 self.log.warning("worker did not exit in time: SIGKILL", exchange=h.name, worker_pid=h.pid)
                 self._signal(h, signal.SIGKILL)
                 h.killed = True
-                h.kill_at = now + self.timing.kill_grace  # reaped by then, or _gave_up()
+                h.kill_at = now + self.settings.kill_grace  # reaped by then, or _gave_up()
 
     def _gave_up(self) -> bool:
         now = self.clock()
@@ -596,14 +570,14 @@ class Arbiter:
         self._stop_reason = reason
         self._exit_code = code
         self._dirty = True
-        self.log.info("stopping: telling the workers", reason=reason, graceful_timeout_s=self.timing.graceful_timeout)
+        self.log.info("stopping: telling the workers", reason=reason, graceful_timeout_s=self.settings.graceful_timeout)
         if self.exporter is not None:
             self.exporter.stop()
         for h in self.handles.values():
             h.retire = True
             h.pending_spec = None
             if h.alive:
-                self._terminate(h, self.timing.graceful_timeout)
+                self._terminate(h, self.settings.graceful_timeout)
             elif h.state != "fatal":
                 h.due_at = None
                 h.set_state("stopped", self.wall_ms(), reason)
@@ -651,7 +625,7 @@ class Arbiter:
             if not h.budget.take(now):
                 self._park(h, f"restart budget exhausted: cannot start a worker ({exc})")
                 return
-            delay = max(h.backoff.on_exit(0.0), self.timing.backoff_initial)
+            delay = max(h.backoff.on_exit(0.0), self.settings.backoff_initial)
             h.due_at = now + delay
             self.ledger.restarted(h.name, "start_failed")
             h.set_state("backoff", self.wall_ms(), f"cannot start a worker: {exc}; retry in {delay:.1f}s")
@@ -714,7 +688,7 @@ class Arbiter:
             gone.pending_spec = None
             if gone.alive:
                 self.log.info("exchange removed from the configuration: stopping its worker", exchange=name)
-                self._terminate(gone, self.timing.graceful_timeout)
+                self._terminate(gone, self.settings.graceful_timeout)
             else:
                 del self.handles[name]
         for name, spec in new.items():
@@ -729,7 +703,7 @@ class Arbiter:
                     h.retire = h.remove = False
                     h.pending_spec = spec
                     self.log.info("configuration changed: restarting the worker", exchange=name)
-                    self._terminate(h, self.timing.graceful_timeout)
+                    self._terminate(h, self.settings.graceful_timeout)
                 continue
             h.spec = spec
             if changed or h.state in ("fatal", "stopped"):  # parked or stopped: SIGHUP is the retry
@@ -745,7 +719,7 @@ class Arbiter:
 
     def beat(self) -> SupervisorBeat:
         """The master's own record params (the contract's typed form)."""
-        t = self.timing
+        t = self.settings
         return SupervisorBeat(
             pid=self.pid, exchanges={name: h.entry() for name, h in self.handles.items()},
             heartbeat_interval=t.heartbeat_interval, heartbeat_timeout=t.heartbeat_timeout, boot_grace=t.boot_grace,
@@ -778,9 +752,9 @@ class Arbiter:
                 self.cache.stop(self._process_id, message=self._stop_reason or "stopped")
         except OhlcvError as exc:
             self._cache_outage(exc)
-            self._next_publish = now + min(1.0, self.timing.heartbeat_interval)
+            self._next_publish = now + min(1.0, self.settings.heartbeat_interval)
             return
         if self._cache_down and not final:
             self._cache_back(now)
         self._dirty = False
-        self._next_publish = now + self.timing.heartbeat_interval
+        self._next_publish = now + self.settings.heartbeat_interval

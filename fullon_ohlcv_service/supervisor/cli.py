@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from fullon_ohlcv_service import log
 from fullon_ohlcv_service.errors import EXIT_USAGE, ConfigError, OhlcvError, StoreUnavailable
 from fullon_ohlcv_service.models import ExchangeSpec
-from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
+from fullon_ohlcv_service.settings import Settings, add_common_args, add_worker_args, settings_from_args
 
 if TYPE_CHECKING:
     from fullon_ohlcv_service.metrics.process import ExporterProcess
@@ -52,10 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restarts per exchange per hour before it is parked FATAL (default 20)")
     g.add_argument("--backoff-initial", type=float, metavar="S", help="second restart delay, doubling (default 1)")
     g.add_argument("--backoff-max", type=float, metavar="S", help="restart delay cap (default 60)")
-    g.add_argument("--backoff-reset", type=float, metavar="S", default=30.0,
+    g.add_argument("--backoff-reset", type=float, metavar="S",
                    help="a worker up this long was healthy: its next restart is immediate (default 30)")
-    p.add_argument("--buffer-mb", type=int, metavar="MB",
-                   help="memory bound of each worker's buffers, all its symbols together (default 128)")
     g.add_argument("--start-method", choices=("fork", "spawn"), default="fork",
                    help="how workers are started (default fork; spawn exists for the benchmark)")
     m = p.add_argument_group("metrics (Prometheus)")
@@ -65,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address /metrics listens on (default 127.0.0.1)")
     m.add_argument("--metrics-per-symbol", choices=("on", "off"), default="on",
                    help="export the per-symbol series (8 per symbol; default on)")
+    add_worker_args(p)
     add_common_args(p)
     return p
 
@@ -156,8 +155,6 @@ def preload() -> None:
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     settings = settings_from_args(ns)
-    if not ns.backoff_reset > 0:
-        raise ConfigError(f"--backoff-reset: must be > 0, got {ns.backoff_reset}")
     names = parse_exchanges(ns.exchanges)
     log.configure(settings.log_level, settings.log_format, file=settings.log_file)
 
@@ -166,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fullon_ohlcv_service.adapters.caches import open_sync_process_cache
     from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
-    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter, SpawnStarter, Starter, Timing
+    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter, SpawnStarter, Starter
     from fullon_ohlcv_service.worker.main import run_worker
 
     specs = load_specs(settings, names)
@@ -174,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     starter: Starter = (ForkStarter if ns.start_method == "fork" else SpawnStarter)(run_worker, settings)
     arbiter = Arbiter(
         specs,
-        Timing.from_settings(settings, backoff_reset=ns.backoff_reset),
+        settings,
         starter=starter,
         cache=open_sync_process_cache(settings.cache),
         reload=lambda: reload_specs(settings, names),
