@@ -551,7 +551,9 @@ def test_an_exit_0_while_the_masters_own_stop_signal_is_pending_belongs_to_that_
                       starter=_NoStarter(), cache=cache)
     kraken, binance = arbiter.handles["kraken"], arbiter.handles["binance"]
     for pid, h in ((101, kraken), (102, binance)):
-        h.pid, h.state = pid, "running"
+        h.started(pid, 0.0, 0)
+        h.beat(1.0, 0)
+        assert h.state == "running"
     arbiter._on_exit(binance, 0)  # no stop signal anywhere: someone else stopped it
     assert (binance.state, binance.restarts) == ("backoff", 1)
     arbiter._signals.append(signal.SIGTERM)  # recorded by the handler, not handled yet
