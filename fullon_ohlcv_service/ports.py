@@ -34,8 +34,6 @@ class TradeStore(Protocol):
         """(ts ms, trade id) of the newest stored trade, or None."""
         ...
 
-    async def count_trades(self, symbol: str, since: int | None = None, until: int | None = None) -> int: ...
-
     def iter_trades(
         self, symbol: str, since: int | None = None, until: int | None = None
     ) -> AsyncIterator[Trade]:
@@ -52,12 +50,6 @@ class CandleStore(Protocol):
     async def save_candles(self, symbol: str, candles: Sequence[Candle]) -> int:
         """Upsert; return rows inserted or changed."""
         ...
-
-    async def latest_candle(self, symbol: str, final_only: bool = False) -> Candle | None: ...
-
-    async def oldest_candle(self, symbol: str) -> Candle | None: ...
-
-    async def count_candles(self, symbol: str, since: int | None = None, until: int | None = None) -> int: ...
 
     def iter_candles(
         self, symbol: str, since: int | None = None, until: int | None = None
@@ -79,8 +71,6 @@ class RejectStore(Protocol):
     async def save_rejects(self, symbol: str, rejects: Sequence[Reject]) -> int:
         """Store the rejects; return how many were new. Idempotent on (kind, ref, reason): the first kept."""
         ...
-
-    async def count_rejects(self, symbol: str) -> int: ...
 
     async def load_rejects(self, symbol: str) -> list[Reject]:
         """Every stored reject of ``symbol`` in (seen_ms, kind, ref, reason) order."""

@@ -282,11 +282,6 @@ class PostgresOhlcvStore:
 
         return await self._with_conn(run)
 
-    async def count_trades(self, symbol: str, since: int | None = None, until: int | None = None) -> int:
-        where, args = _range(since, until)
-        sql = f"SELECT count(*) FROM {self._n(symbol).trades}{where}"
-        return int(await self._with_conn(lambda conn: conn.fetchval(sql, *args)))
-
     async def iter_trades(
         self, symbol: str, since: int | None = None, until: int | None = None
     ) -> AsyncIterator[Trade]:
@@ -352,29 +347,6 @@ class PostgresOhlcvStore:
 
         return await self._with_conn(run)
 
-    async def _one_candle(self, sql: str) -> Candle | None:
-        async def run(conn: asyncpg.Connection) -> Candle | None:
-            row = await conn.fetchrow(sql)
-            return None if row is None else _candle(row)
-
-        return await self._with_conn(run)
-
-    async def latest_candle(self, symbol: str, final_only: bool = False) -> Candle | None:
-        where = " WHERE final" if final_only else ""
-        return await self._one_candle(
-            f'SELECT {_SEL_CANDLE} FROM {self._n(symbol).candles}{where} ORDER BY "timestamp" DESC LIMIT 1'
-        )
-
-    async def oldest_candle(self, symbol: str) -> Candle | None:
-        return await self._one_candle(
-            f'SELECT {_SEL_CANDLE} FROM {self._n(symbol).candles} ORDER BY "timestamp" LIMIT 1'
-        )
-
-    async def count_candles(self, symbol: str, since: int | None = None, until: int | None = None) -> int:
-        where, args = _range(since, until)
-        sql = f"SELECT count(*) FROM {self._n(symbol).candles}{where}"
-        return int(await self._with_conn(lambda conn: conn.fetchval(sql, *args)))
-
     async def iter_candles(
         self, symbol: str, since: int | None = None, until: int | None = None
     ) -> AsyncIterator[Candle]:
@@ -399,10 +371,6 @@ class PostgresOhlcvStore:
                 return _rows(await conn.execute(sql, *(list(c) for c in cols)))
 
         return await self._with_conn(run)
-
-    async def count_rejects(self, symbol: str) -> int:
-        sql = f"SELECT count(*) FROM {self._n(symbol).rejects}"
-        return int(await self._with_conn(lambda conn: conn.fetchval(sql)))
 
     async def load_rejects(self, symbol: str) -> list[Reject]:
         sql = (

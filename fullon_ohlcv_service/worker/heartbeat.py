@@ -61,9 +61,6 @@ class SymbolFacts:
             last_rest_error=self.last_rest_error, extra=dict(self.counters),
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        return self.beat().to_params()
-
 
 @dataclass(slots=True)
 class Snapshot:
@@ -108,11 +105,6 @@ def worker_beat(s: Snapshot) -> WorkerBeat:
         buffer_bytes=s.buffer_bytes, buffer_bytes_max=s.buffer_bytes_max,
         extra=s.figures.as_params() if s.figures is not None else {},
     )
-
-
-def build_params(s: Snapshot) -> dict[str, Any]:
-    """The heartbeat params of the worker contract."""
-    return worker_beat(s).to_params()
 
 
 def status_message(s: Snapshot) -> str:
