@@ -2,13 +2,15 @@
 
 The phases (``Phase``) and the transitions between them::
 
-    BACKOFF --started--> STARTING --beat--> RUNNING
-       ^  |                 |                  |
-       |  +--park--> FATAL  +--hang / stop-----+--> STOPPING --sigkill--> KILLED
-       |  +--retire-> STOPPED                          |                    |
-       |                                               +------exited--------+--> EXITED
-       +------------ respawn / restart_after ------------------------------------+  |
-                                                               park / retire / forget
+    BACKOFF                              --started-->             STARTING --beat--> RUNNING
+    BACKOFF                              --start_failed-->        BACKOFF  (the fork was refused)
+    STARTING, RUNNING                    --hang | stop-->         STOPPING --sigkill--> KILLED
+    STARTING, RUNNING, STOPPING, KILLED  --exited-->              EXITED
+    EXITED                               --restart_after-->       BACKOFF  (a failure, within the budget)
+    EXITED, BACKOFF, FATAL, STOPPED      --respawn-->             BACKOFF  (a new spec; a SIGHUP's retry)
+    EXITED, BACKOFF                      --park-->                FATAL
+    EXITED, BACKOFF, STOPPED             --retire-->              STOPPED
+    EXITED                               --forget-->              (the record is dropped)
 
 A process exists in STARTING, RUNNING, STOPPING and KILLED. The master only ever stops a worker
 through STOPPING, with an ``Intent`` that says what its exit means (recover from a hang, restart
