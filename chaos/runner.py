@@ -29,6 +29,14 @@ from chaos import audit, feed_audit, procs, services
 from chaos import schedule as sched
 from chaos.report import AppliedFault, Report, SymbolResult
 from chaos.servers import HOST, PrivatePostgres, PrivateRedis
+from fullon_ohlcv_service.contract import (
+    SUPERVISOR_COMPONENT,
+    Record,
+    SupervisorBeat,
+    WorkerBeat,
+    WorkerState,
+    worker_component,
+)
 from fullon_ohlcv_service.errors import OhlcvError
 from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.ports import SyncProcessCache
@@ -36,7 +44,7 @@ from fullon_ohlcv_service.settings import parse_store_url
 from fullon_ohlcv_service.simulator.faults import COUNT_KEYS, SECONDS_KEYS
 from fullon_ohlcv_service.timeutil import ms_to_iso, now_ms
 
-SUPERVISOR = "ohlcv-supervisor"
+SUPERVISOR = SUPERVISOR_COMPONENT
 Ending = Callable[[], None]  # ends a fault that lasts (SIGCONT, a server started again)
 DAY_MS = 86_400_000
 EXPORT_ATTEMPTS = 10  # 5 s apart: outlasts a 30 s outage of the store
@@ -140,7 +148,7 @@ class ChaosRun:
         self.orphans: list[str] = []
         self.added: list[AddedSymbol] = []
         self.first_seen: dict[str, int] = {}  # exchange -> wall ms of its first worker
-        self.sup_params: dict[int, dict[str, Any]] = {}  # master pid -> its latest published params
+        self.sup_params: dict[int, SupervisorBeat] = {}  # master pid -> its latest published params
         self.fault_master = 0  # pid of the master that ran the fault phase
         self.phase_mono = 0.0
         self.phase_end_mono = 0.0
@@ -313,21 +321,19 @@ class ChaosRun:
                     doc = cache.get_component(SUPERVISOR)
                 except OhlcvError:
                     continue  # the cache is down (a planned outage): the last sample stands
-                params = (doc or {}).get("params") or {}
-                if params.get("pid") == sup.proc.pid:
-                    self.sup_params[sup.proc.pid] = params
+                record = Record.from_doc(doc)
+                beat = SupervisorBeat.from_params(record.params if record else None)
+                if beat.pid == sup.proc.pid:
+                    self.sup_params[sup.proc.pid] = beat
         finally:
             cache.close()
 
-    def _worker_beat(self, cache: SyncProcessCache, exchange: str) -> dict[str, Any] | None:
+    def _worker_beat(self, cache: SyncProcessCache, exchange: str) -> WorkerBeat | None:
         try:
-            doc = cache.get_component(f"ohlcv-worker:{exchange}")
+            record = Record.from_doc(cache.get_component(worker_component(exchange)))
         except OhlcvError:
             return None
-        if not doc:
-            return None
-        params: dict[str, Any] = doc.get("params") or {}
-        return params
+        return WorkerBeat.from_params(record.params) if record else None
 
     def _wait_ready(self, timeout: float) -> None:
         """Until every exchange's current worker beats ``running`` (first live data, or caught up when quiet)."""
@@ -346,10 +352,10 @@ class ChaosRun:
                     beat = self._worker_beat(cache, ex) if pid else None
                     if pid is None:
                         waiting[ex] = "no worker process"
-                    elif beat is None or beat.get("pid") != pid:
+                    elif beat is None or beat.pid != pid:
                         waiting[ex] = "no heartbeat from the current worker"
-                    elif beat.get("state") != "running":
-                        waiting[ex] = f"state {beat.get('state')}"
+                    elif beat.state != WorkerState.RUNNING:
+                        waiting[ex] = f"state {beat.state}"
                 if not waiting:
                     return
                 if time.monotonic() >= next_note:
@@ -628,18 +634,19 @@ class ChaosRun:
     def _restarts(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         events = self.watch.events()
-        sup_ex = self.sup_params.get(self.fault_master, {}).get("exchanges") or {}
+        sup_beat = self.sup_params.get(self.fault_master)
+        sup_ex = sup_beat.exchanges if sup_beat is not None else {}
         for ex in self.opts.exchanges:
             pids = [e for e in events if e.exchange == ex and e.mono <= self.phase_end_mono]
             caused = sum(1 for r in self.applied if r.ok and r.fault.target == ex
                          and r.fault.kind in (*sched.RESTARTING_FAULTS, sched.SIGHUP_ADD))
             info: dict[str, Any] = {"workers_seen": len(pids), "restarts_seen": max(0, len(pids) - 1),
                                     "caused_by_faults": caused}
-            sup = sup_ex.get(ex) or {}
-            if sup:
-                info["supervisor_restarts"] = sup.get("restarts")
-                info["supervisor_last_exit"] = sup.get("last_exit")
-                info["supervisor_state"] = sup.get("state")
+            sup = sup_ex.get(ex)
+            if sup is not None:
+                info["supervisor_restarts"] = sup.restarts
+                info["supervisor_last_exit"] = sup.last_exit
+                info["supervisor_state"] = sup.state
             out[ex] = info
             extra = info["restarts_seen"] - caused
             if extra > 0:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from typing import IO, Any
@@ -117,7 +116,3 @@ class Log:
 
     def exception(self, msg: str, **fields: Any) -> None:
         self._log(logging.ERROR, msg, True, fields)
-
-
-def pid() -> int:
-    return os.getpid()

@@ -8,12 +8,6 @@ from typing import Any, Protocol, runtime_checkable
 from fullon_ohlcv_service.feed_layout import FeedBatch, FeedEntry
 from fullon_ohlcv_service.models import Candle, ExchangeSpec, Reject, Trade
 
-# fullon_cache's enum strings.
-PROCESS_TYPES = (
-    "tick", "ohlcv", "bot", "account", "order", "bot_status_service", "crawler", "user_trades_service",
-)
-PROCESS_STATUSES = ("starting", "running", "processing", "idle", "error", "stopped")
-
 
 class ConfigSource(Protocol):
     """Reads the fullon_orm configuration tables."""
@@ -41,8 +35,6 @@ class TradeStore(Protocol):
         """(ts ms, trade id) of the newest stored trade, or None."""
         ...
 
-    async def count_trades(self, symbol: str, since: int | None = None, until: int | None = None) -> int: ...
-
     def iter_trades(
         self, symbol: str, since: int | None = None, until: int | None = None
     ) -> AsyncIterator[Trade]:
@@ -60,11 +52,9 @@ class CandleStore(Protocol):
         """Upsert; return rows inserted or changed."""
         ...
 
-    async def latest_candle(self, symbol: str, final_only: bool = False) -> Candle | None: ...
-
-    async def oldest_candle(self, symbol: str) -> Candle | None: ...
-
-    async def count_candles(self, symbol: str, since: int | None = None, until: int | None = None) -> int: ...
+    async def latest_candle(self, symbol: str, final_only: bool = False) -> Candle | None:
+        """The newest stored candle (only final ones with ``final_only``), or None."""
+        ...
 
     def iter_candles(
         self, symbol: str, since: int | None = None, until: int | None = None
@@ -86,8 +76,6 @@ class RejectStore(Protocol):
     async def save_rejects(self, symbol: str, rejects: Sequence[Reject]) -> int:
         """Store the rejects; return how many were new. Idempotent on (kind, ref, reason): the first kept."""
         ...
-
-    async def count_rejects(self, symbol: str) -> int: ...
 
     async def load_rejects(self, symbol: str) -> list[Reject]:
         """Every stored reject of ``symbol`` in (seen_ms, kind, ref, reason) order."""

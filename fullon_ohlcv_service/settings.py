@@ -149,7 +149,8 @@ def parse_store_url(setting: str, url: str, allowed: tuple[str, ...]) -> StoreUR
 # Bounds of the numeric settings, shared by the flags' parsers (exit 2) and Settings.validate (exit 78).
 MAX_SECONDS = 86_400.0  # a day: no duration setting needs more, and none may be inf or nan
 DURATIONS = ("heartbeat_interval", "flush_interval", "heartbeat_timeout", "boot_grace", "kill_grace",
-             "graceful_timeout", "backoff_initial", "backoff_max")
+             "graceful_timeout", "backoff_initial", "backoff_max", "backoff_reset", "silence_min", "gap_check",
+             "reconcile")
 ZERO_OK_DURATIONS = ("boot_grace",)
 COUNTS = {"flush_rows": (1, 1_000_000), "buffer_rows": (1, 100_000_000), "restart_budget": (1, 1_000_000)}
 
@@ -203,7 +204,12 @@ def check_count(name: str, value: int, lo: int, hi: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything a process of this service needs to know, validated once at start."""
+    """Everything a process of this service needs to know, validated once at start.
+
+    One shape for every process: the master reads its limits from it and hands the same object to
+    every worker it forks, so a flag given to ``ohlcv-supervisor`` reaches the workers as it reaches
+    ``ohlcv-worker`` run in the foreground.
+    """
 
     home: Path
     config_db: StoreURL
@@ -219,6 +225,10 @@ class Settings:
     flush_interval: float = 0.25
     buffer_rows: int = 50_000
     buffer_mb: int = DEFAULT_BUFFER_MB  # the worker's buffers, all symbols together (memory.py)
+    silence_min: float = 3.0  # shortest silence (s) of a symbol that triggers a REST catch-up
+    gap_check: float = 60.0  # seconds between candle gap checks
+    reconcile: float = 60.0  # seconds between REST reconciliations of the last final candles
+    native_ohlcv: bool = True  # also watch the exchange's live 1m candles (provisional rows only)
     # supervisor
     heartbeat_timeout: float = 30.0
     boot_grace: float = 60.0
@@ -227,6 +237,7 @@ class Settings:
     restart_budget: int = 20
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
+    backoff_reset: float = 30.0  # a worker up this long was healthy: its next restart is immediate
     simulator: str | None = None  # base URL of an exchange simulator; rewrites every ccxt URL
     # live feeds (collectors/feed.py): None = "candles" when a Redis is configured for them, else "off"
     publish: str | None = None
@@ -447,6 +458,24 @@ def add_feed_args(parser: argparse.ArgumentParser) -> None:
                    help=f"entries kept per stream, XADD MAXLEN ~ N (default {DEFAULT_MAXLEN})")
     g.add_argument("--feed-symbols", choices=SYMBOL_FORMS,
                    help="OHLCVCache symbol: qualified kraken:BTCUSD (default) or bare BTCUSD (one exchange only)")
+
+
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of the collection itself, shared by ``ohlcv-worker`` and ``ohlcv-supervisor`` (for every worker)."""
+    g = parser.add_argument_group("collection (each worker)")
+    g.add_argument("--flush-rows", type=int, metavar="N", help="rows per write batch (default 1000)")
+    g.add_argument("--flush-interval", type=float, metavar="S", help="max seconds a row waits before a flush "
+                   "(default 0.25)")
+    g.add_argument("--buffer-rows", type=int, metavar="N", help="rows buffered before reading pauses (default 50000)")
+    g.add_argument("--buffer-mb", type=int, metavar="MB",
+                   help="memory bound of each worker's buffers, all its symbols together (default 128)")
+    g.add_argument("--silence-min", type=float, metavar="S",
+                   help="shortest silence (s) that triggers a REST catch-up (default 3)")
+    g.add_argument("--gap-check", type=float, metavar="S", help="seconds between candle gap checks (default 60)")
+    g.add_argument("--reconcile", type=float, metavar="S",
+                   help="seconds between REST reconciliations of the last final candles (default 60)")
+    g.add_argument("--no-native-ohlcv", dest="native_ohlcv", action="store_const", const=False,
+                   help="do not watch the exchange's live candles (candles then come from trades and REST only)")
 
 
 _NAME_RE = re.compile(r"^[a-z_]+$")

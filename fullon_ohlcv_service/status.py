@@ -9,14 +9,26 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
+from fullon_ohlcv_service.contract import (
+    HEALTHY_WORKER_STATES,
+    PROCESS_TYPE,
+    SUPERVISOR_COMPONENT,
+    Record,
+    SupervisedState,
+    SupervisorBeat,
+    SymbolBeat,
+    SymbolState,
+    WorkerBeat,
+    WorkerState,
+    worker_component,
+    worker_exchange,
+)
 from fullon_ohlcv_service.errors import EXIT_USAGE
 from fullon_ohlcv_service.settings import Settings, add_common_args, settings_from_args
 from fullon_ohlcv_service.timeutil import now_ms, parse_time
 
-SUPERVISOR_COMPONENT = "ohlcv-supervisor"
-WORKER_PREFIX = "ohlcv-worker:"
 EXIT_UNHEALTHY = 1
-HEALTHY_WORKER_STATES = ("running", "behind")
+UNSUPERVISED = "unsupervised"  # a worker registered without a master that runs it
 
 
 @dataclass(slots=True)
@@ -80,51 +92,42 @@ def _age_s(now: int, iso: Any) -> float | None:
         return None
 
 
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _symbol_rows(params: dict[str, Any], now: int) -> list[SymbolRow]:
+def _symbol_rows(beat: WorkerBeat, now: int) -> list[SymbolRow]:
     rows: list[SymbolRow] = []
-    symbols = params.get("symbols")
-    if not isinstance(symbols, dict):
-        return rows
-    for symbol, info in sorted(symbols.items()):
-        info = info if isinstance(info, dict) else {}
-        trade, candle = _int(info.get("last_trade_ms")), _int(info.get("last_final_candle_ms"))
-        newest = max((t for t in (trade, candle) if t is not None), default=None)
-        pct = info.get("backfill_pct")
-        rows.append(SymbolRow(
-            symbol=symbol, last_trade_ms=trade, last_final_candle_ms=candle,
-            data_age_s=None if newest is None else max(0.0, (now - newest) / 1000.0),
-            trades_stored=_int(info.get("trades_stored")), candles_stored=_int(info.get("candles_stored")),
-            backfill_pct=float(pct) if isinstance(pct, int | float) else None,
-            error=info.get("error") or None,
-            rejected=_int(info.get("rejected")),
-            state=str(info["state"]) if info.get("state") else None,
-            rest_errors=_int(info.get("rest_errors")),
-            last_rest_error=str(info["last_rest_error"]) if info.get("last_rest_error") else None,
-        ))
+    for symbol, info in sorted(beat.symbols.items()):
+        rows.append(_symbol_row(symbol, info, now))
     return rows
+
+
+def _symbol_row(symbol: str, info: SymbolBeat, now: int) -> SymbolRow:
+    trade, candle = info.last_trade_ms, info.last_final_candle_ms
+    newest = max((t for t in (trade, candle) if t is not None), default=None)
+    return SymbolRow(
+        symbol=symbol, last_trade_ms=trade, last_final_candle_ms=candle,
+        data_age_s=None if newest is None else max(0.0, (now - newest) / 1000.0),
+        trades_stored=info.trades_stored, candles_stored=info.candles_stored, backfill_pct=info.backfill_pct,
+        error=info.error, rejected=info.rejected, state=info.state, rest_errors=info.rest_errors,
+        last_rest_error=info.last_rest_error,
+    )
 
 
 def build_report(supervisor: dict[str, Any] | None, workers: dict[str, dict[str, Any] | None],
                  now: int) -> Report:
     """Rows and health from the supervisor's record and each worker's record (pure; ``now`` in epoch ms)."""
     problems: list[str] = []
-    sup_params: dict[str, Any] = (supervisor or {}).get("params") or {}
-    expected: dict[str, Any] = sup_params.get("exchanges") or {}
-    timeout = float(sup_params.get("heartbeat_timeout") or 30.0)
-    interval = float(sup_params.get("heartbeat_interval") or 5.0)
+    sup_record = Record.from_doc(supervisor)
+    sup = SupervisorBeat.from_params(sup_record.params if sup_record else None)
+    expected = sup.exchanges
+    timeout = sup.heartbeat_timeout or 30.0
+    interval = sup.heartbeat_interval or 5.0
     sup_summary: dict[str, Any] | None = None
-    if supervisor is None:
+    if sup_record is None:
         problems.append("no ohlcv-supervisor is registered in the process cache")
     else:
-        sup_age = _age_s(now, supervisor.get("heartbeat"))
-        sup_summary = {"pid": sup_params.get("pid"), "status": supervisor.get("status"),
-                       "heartbeat_age_s": sup_age, "message": supervisor.get("message"),
-                       "reload_error": sup_params.get("reload_error") or None}
-        if supervisor.get("status") == "stopped" or sup_params.get("stopping"):
+        sup_age = _age_s(now, sup_record.heartbeat)
+        sup_summary = {"pid": sup.pid, "status": sup_record.status, "heartbeat_age_s": sup_age,
+                       "message": sup_record.message, "reload_error": sup.reload_error}
+        if sup_record.status == "stopped" or sup.stopping:
             problems.append("the supervisor is stopping or stopped")
         elif sup_age is None or sup_age > max(timeout, 3 * interval):
             problems.append(f"the supervisor's own heartbeat is stale ({_fmt_age(sup_age)} old)")
@@ -132,42 +135,42 @@ def build_report(supervisor: dict[str, Any] | None, workers: dict[str, dict[str,
             problems.append("the supervisor runs no exchange")
     rows: list[ExchangeRow] = []
     for name in sorted(set(expected) | set(workers)):
-        sup_entry: dict[str, Any] = expected.get(name) or {}
-        doc = workers.get(name)
-        wparams: dict[str, Any] = (doc or {}).get("params") or {}
-        sup_pid = _int(sup_entry.get("pid"))
-        pid = sup_pid if sup_entry else _int(wparams.get("pid"))
-        current = doc is not None and pid is not None and _int(wparams.get("pid")) == pid
-        sym_rows = _symbol_rows(wparams, now) if current else []
-        started = _int(wparams.get("started_ms")) if current else None
-        started = started if started is not None else _int(sup_entry.get("started_ms"))
-        hb_age = _age_s(now, doc.get("heartbeat")) if current and doc else None
+        entry = expected.get(name)
+        record = Record.from_doc(workers.get(name))
+        beat = WorkerBeat.from_params(record.params if record else None)
+        pid = entry.pid if entry is not None else beat.pid
+        current = record is not None and pid is not None and beat.pid == pid
+        sym_rows = _symbol_rows(beat, now) if current else []
+        started = beat.started_ms if current else None
+        started = started if started is not None else (entry.started_ms if entry else None)
+        hb_age = _age_s(now, record.heartbeat) if current and record else None
         ages = [r.data_age_s for r in sym_rows if r.data_age_s is not None]
         pcts = [r.backfill_pct for r in sym_rows if r.backfill_pct is not None]
         sym_errors = [f"{r.symbol}: {r.error}" for r in sym_rows if r.error]
-        state = str(sup_entry.get("state") or "unsupervised")
-        worker_state = str(wparams.get("state")) if current and wparams.get("state") else None
-        last_error = sup_entry.get("reason") if state in ("fatal", "hung", "backoff", "stopped") else None
-        if not last_error and current and doc:
+        state = (entry.state if entry else None) or UNSUPERVISED
+        worker_state = beat.state if current else None
+        last_error = entry.reason if entry and state in (
+            SupervisedState.FATAL, SupervisedState.HUNG, SupervisedState.BACKOFF, SupervisedState.STOPPED) else None
+        if not last_error and current and record:
             last_error = (sym_errors[0] if sym_errors else None) or (
-                doc.get("message") if worker_state == "error" else None)
-        if not last_error and worker_state == "degraded":
+                record.message if worker_state == WorkerState.ERROR else None)
+        if not last_error and worker_state == WorkerState.DEGRADED:
             last_error = next((f"{r.symbol}: REST failing: {r.last_rest_error}" for r in sym_rows
-                               if r.state == "degraded"), None)
-        n_symbols = len(sym_rows) if sym_rows else len(wparams.get("symbols") or {}) if current else 0
+                               if r.state == SymbolState.DEGRADED), None)
         rows.append(ExchangeRow(
             exchange=name, state=state, worker_state=worker_state, pid=pid,
             uptime_s=None if started is None or pid is None else max(0.0, (now - started) / 1000.0),
-            restarts=_int(sup_entry.get("restarts")), heartbeat_age_s=hb_age, symbols=n_symbols,
+            restarts=entry.restarts if entry else None, heartbeat_age_s=hb_age,
+            symbols=len(sym_rows) if sym_rows else len(beat.symbols) if current else 0,
             data_age_s=max(ages) if ages else None, backfill_pct=min(pcts) if pcts else None,
-            buffer_depth=_int(wparams.get("buffer_depth")) if current else None,
-            last_error=last_error, last_exit=sup_entry.get("last_exit"), symbol_rows=sym_rows,
-            buffer_bytes=_int(wparams.get("buffer_bytes")) if current else None,
-            buffer_bytes_max=_int(wparams.get("buffer_bytes_max")) if current else None,
+            buffer_depth=beat.buffer_depth if current else None,
+            last_error=last_error, last_exit=entry.last_exit if entry else None, symbol_rows=sym_rows,
+            buffer_bytes=beat.buffer_bytes if current else None,
+            buffer_bytes_max=beat.buffer_bytes_max if current else None,
         ))
         if name not in expected:
             continue
-        if state != "running":
+        if state != SupervisedState.RUNNING:
             why = f": {last_error}" if last_error else ""
             problems.append(f"{name}: {state}{why}")
         elif not current:
@@ -196,18 +199,19 @@ async def read_report(settings: Settings) -> Report:
         return Report(now_ms=now_ms(), supervisor=None, exchanges=[], problems=[missing])
     async with open_process_cache(settings.cache, readonly=True) as cache:
         supervisor = await cache.get_component(SUPERVISOR_COMPONENT)
-        names = worker_names(supervisor, await cache.list_active("ohlcv"))
-        workers = {name: await cache.get_component(WORKER_PREFIX + name) for name in names}
+        names = worker_names(supervisor, await cache.list_active(PROCESS_TYPE))
+        workers = {name: await cache.get_component(worker_component(name)) for name in names}
     return build_report(supervisor, workers, now_ms())
 
 
 def worker_names(supervisor: dict[str, Any] | None, active: list[dict[str, Any]]) -> list[str]:
     """The exchanges to report: the supervisor's, plus any worker registered and not stopped (sorted)."""
-    names = set(((supervisor or {}).get("params") or {}).get("exchanges") or {})
+    record = Record.from_doc(supervisor)
+    names = set(SupervisorBeat.from_params(record.params if record else None).exchanges)
     for doc in active:
-        component = str(doc.get("component") or "")
-        if component.startswith(WORKER_PREFIX) and doc.get("status") != "stopped":
-            names.add(component[len(WORKER_PREFIX):])
+        exchange = worker_exchange(str(doc.get("component") or ""))
+        if exchange is not None and doc.get("status") != "stopped":
+            names.add(exchange)
     return sorted(names)
 
 

@@ -81,7 +81,7 @@ def master_main(cfg_path: str) -> None:
 
     from fullon_ohlcv_service import log
     from fullon_ohlcv_service.adapters.sqlite_cache import SyncSqliteProcessCache
-    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter, Timing
+    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter
 
     cfg = json.loads(Path(cfg_path).read_text())
     settings = settings_from_env({}, home=cfg["home"], cache=cfg["cache"], heartbeat_interval=1.0,
@@ -96,7 +96,7 @@ def master_main(cfg_path: str) -> None:
 
         exporter = ExporterProcess(listen("127.0.0.1", 0), functools.partial(
             run_exporter, cache_url=settings.cache, per_symbol=cfg["per_symbol"]))
-    arbiter = Arbiter(specs, Timing.from_settings(settings), starter=ForkStarter(synth_worker, settings),
+    arbiter = Arbiter(specs, settings, starter=ForkStarter(synth_worker, settings),
                       cache=SyncSqliteProcessCache(settings.cache), set_title=setproctitle.setproctitle,
                       exporter=exporter)
     sys.exit(arbiter.run())

@@ -212,6 +212,7 @@ def build_config(name: str, params: Mapping[str, str], simulator: str | None) ->
     if simulator is not None:
         config["enableRateLimit"] = False
         return config
+    config["enableRateLimit"] = True  # a base_url rewrite (local_overrides) turns it off: a real venue keeps it
     if parsed.enable_rate_limit is not None:
         config["enableRateLimit"] = parsed.enable_rate_limit
     if parsed.rate_limit_ms is not None:

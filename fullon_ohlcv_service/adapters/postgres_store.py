@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from fullon_ohlcv_service.adapters.stores import (
+from fullon_ohlcv_service.adapters.store_rules import (
     FETCH_ROWS,
     compute_gaps,
     dedupe_candles,
@@ -282,11 +282,6 @@ class PostgresOhlcvStore:
 
         return await self._with_conn(run)
 
-    async def count_trades(self, symbol: str, since: int | None = None, until: int | None = None) -> int:
-        where, args = _range(since, until)
-        sql = f"SELECT count(*) FROM {self._n(symbol).trades}{where}"
-        return int(await self._with_conn(lambda conn: conn.fetchval(sql, *args)))
-
     async def iter_trades(
         self, symbol: str, since: int | None = None, until: int | None = None
     ) -> AsyncIterator[Trade]:
@@ -365,16 +360,6 @@ class PostgresOhlcvStore:
             f'SELECT {_SEL_CANDLE} FROM {self._n(symbol).candles}{where} ORDER BY "timestamp" DESC LIMIT 1'
         )
 
-    async def oldest_candle(self, symbol: str) -> Candle | None:
-        return await self._one_candle(
-            f'SELECT {_SEL_CANDLE} FROM {self._n(symbol).candles} ORDER BY "timestamp" LIMIT 1'
-        )
-
-    async def count_candles(self, symbol: str, since: int | None = None, until: int | None = None) -> int:
-        where, args = _range(since, until)
-        sql = f"SELECT count(*) FROM {self._n(symbol).candles}{where}"
-        return int(await self._with_conn(lambda conn: conn.fetchval(sql, *args)))
-
     async def iter_candles(
         self, symbol: str, since: int | None = None, until: int | None = None
     ) -> AsyncIterator[Candle]:
@@ -399,10 +384,6 @@ class PostgresOhlcvStore:
                 return _rows(await conn.execute(sql, *(list(c) for c in cols)))
 
         return await self._with_conn(run)
-
-    async def count_rejects(self, symbol: str) -> int:
-        sql = f"SELECT count(*) FROM {self._n(symbol).rejects}"
-        return int(await self._with_conn(lambda conn: conn.fetchval(sql)))
 
     async def load_rejects(self, symbol: str) -> list[Reject]:
         sql = (

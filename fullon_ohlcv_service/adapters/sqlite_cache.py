@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fullon_ohlcv_service.adapters.redis_cache import (
+from fullon_ohlcv_service.adapters.cache_layout import (
     DATA_TTL_S,
     active_types,
     check_status,

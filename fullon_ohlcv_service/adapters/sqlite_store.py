@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from fullon_ohlcv_service.adapters.sqlite_files import check_file, corrupt, is_corrupt, probe, uri
 from fullon_ohlcv_service.adapters.sqlite_wal import enable_wal, end_failed_transaction
-from fullon_ohlcv_service.adapters.stores import (
+from fullon_ohlcv_service.adapters.store_rules import (
     FETCH_ROWS,
     compute_gaps,
     dedupe_candles,
@@ -263,11 +263,6 @@ class SqliteOhlcvStore:
 
         return await self._run(run)
 
-    async def count_trades(self, symbol: str, since: int | None = None, until: int | None = None) -> int:
-        where, args = _range(since, until)
-        sql = f"SELECT count(*) FROM {self._n(symbol).trades}{where}"
-        return await self._run(lambda conn: int(conn.execute(sql, args).fetchone()[0]))
-
     async def iter_trades(
         self, symbol: str, since: int | None = None, until: int | None = None
     ) -> AsyncIterator[Trade]:
@@ -327,16 +322,6 @@ class SqliteOhlcvStore:
             f"SELECT {_CANDLE_COLS} FROM {self._n(symbol).candles}{where} ORDER BY timestamp DESC LIMIT 1"
         )
 
-    async def oldest_candle(self, symbol: str) -> Candle | None:
-        return await self._one_candle(
-            f"SELECT {_CANDLE_COLS} FROM {self._n(symbol).candles} ORDER BY timestamp LIMIT 1"
-        )
-
-    async def count_candles(self, symbol: str, since: int | None = None, until: int | None = None) -> int:
-        where, args = _range(since, until)
-        sql = f"SELECT count(*) FROM {self._n(symbol).candles}{where}"
-        return await self._run(lambda conn: int(conn.execute(sql, args).fetchone()[0]))
-
     async def iter_candles(
         self, symbol: str, since: int | None = None, until: int | None = None
     ) -> AsyncIterator[Candle]:
@@ -369,10 +354,6 @@ class SqliteOhlcvStore:
             return self._write(conn, lambda: conn.executemany(sql, rows).rowcount)
 
         return await self._run(run)
-
-    async def count_rejects(self, symbol: str) -> int:
-        sql = f"SELECT count(*) FROM {self._n(symbol).rejects}"
-        return await self._run(lambda conn: int(conn.execute(sql).fetchone()[0]))
 
     async def load_rejects(self, symbol: str) -> list[Reject]:
         sql = (
@@ -441,18 +422,6 @@ def _kind(value: str) -> RejectKind:
 
 def _side(value: str) -> Side:
     return "sell" if value == "sell" else "buy"
-
-
-def _range(since: int | None, until: int | None) -> tuple[str, tuple[int, ...]]:
-    conds: list[str] = []
-    args: list[int] = []
-    if since is not None:
-        conds.append("timestamp >= ?")
-        args.append(since)
-    if until is not None:
-        conds.append("timestamp < ?")
-        args.append(until)
-    return (" WHERE " + " AND ".join(conds) if conds else ""), tuple(args)
 
 
 def _by_id(row: tuple[int, float, float, str, str, str]) -> str:

@@ -10,13 +10,14 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fullon_ohlcv_service.contract import SupervisedState
 from fullon_ohlcv_service.errors import OhlcvError
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.metrics.figures import COMMIT_BUCKETS, EMIT_BUCKETS, REST_OUTCOMES, Histogram
 from fullon_ohlcv_service.metrics.ledger import RESTART_REASONS
 from fullon_ohlcv_service.metrics.snapshot import Fleet, FleetSnapshot, build_snapshot
-from fullon_ohlcv_service.supervisor.handle import STATES
 
+STATES: tuple[str, ...] = tuple(s.value for s in SupervisedState)  # every ohlcv_worker_state label, in order
 P = "ohlcv_"
 EX = ["exchange"]
 SYM = ["exchange", "symbol"]

@@ -14,11 +14,18 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType, MappingProxyType
 from typing import Any, NoReturn, Protocol
 
+from fullon_ohlcv_service.contract import (
+    PROCESS_TYPE,
+    SUPERVISOR_COMPONENT,
+    Record,
+    SupervisorBeat,
+    WorkerBeat,
+    supervisor_cache_status,
+)
 from fullon_ohlcv_service.errors import (
     EXIT_ALL_FATAL,
     EXIT_CRASH,
@@ -32,13 +39,11 @@ from fullon_ohlcv_service.metrics.process import ExporterProcess
 from fullon_ohlcv_service.models import ExchangeSpec, SymbolSpec
 from fullon_ohlcv_service.ports import SyncProcessCache
 from fullon_ohlcv_service.settings import Settings
-from fullon_ohlcv_service.supervisor.handle import State, WorkerHandle
+from fullon_ohlcv_service.supervisor.handle import Intent, IntentKind, Phase, WorkerHandle
 from fullon_ohlcv_service.supervisor.policy import Backoff, ExitKind, RestartBudget, describe_exit, is_stale
-from fullon_ohlcv_service.timeutil import now_ms, parse_time
+from fullon_ohlcv_service.timeutil import now_ms
 
 TICK_S = 0.5
-SUPERVISOR_COMPONENT = "ohlcv-supervisor"
-PROCESS_TYPE = "ohlcv"
 
 WorkerTarget = Callable[..., int]  # run_worker(spec, settings, *, parent_pid=...) -> exit code
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -169,31 +174,6 @@ class SpawnStarter:
         return proc.pid
 
 
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """The master's time limits in seconds (from Settings, plus the backoff reset)."""
-
-    heartbeat_interval: float
-    heartbeat_timeout: float
-    boot_grace: float
-    kill_grace: float
-    graceful_timeout: float
-    restart_budget: int
-    backoff_initial: float
-    backoff_max: float
-    backoff_reset: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings, backoff_reset: float = 30.0) -> Timing:
-        return cls(
-            heartbeat_interval=settings.heartbeat_interval, heartbeat_timeout=settings.heartbeat_timeout,
-            boot_grace=settings.boot_grace, kill_grace=settings.kill_grace,
-            graceful_timeout=settings.graceful_timeout, restart_budget=settings.restart_budget,
-            backoff_initial=settings.backoff_initial, backoff_max=settings.backoff_max,
-            backoff_reset=backoff_reset,
-        )
-
-
 class Arbiter:
     """One master: a synchronous loop that wakes on a signal or every half second.
 
@@ -205,7 +185,7 @@ class Arbiter:
     def __init__(
         self,
         specs: Sequence[ExchangeSpec],
-        timing: Timing,
+        settings: Settings,
         *,
         starter: Starter,
         cache: SyncProcessCache,
@@ -218,7 +198,7 @@ class Arbiter:
         tick: float = TICK_S,
         exporter: ExporterProcess | None = None,
     ) -> None:
-        self.timing = timing
+        self.settings = settings  # the master's limits; the starter hands the same settings to every worker
         self.starter = starter
         self.cache = cache
         self.reload_fn = reload
@@ -253,7 +233,7 @@ class Arbiter:
     # ------------------------------------------------------------------ set-up
 
     def _add(self, spec: ExchangeSpec) -> WorkerHandle:
-        t = self.timing
+        t = self.settings
         handle = WorkerHandle(
             spec=spec,
             backoff=Backoff(initial=t.backoff_initial, maximum=t.backoff_max, reset_after=t.backoff_reset,
@@ -335,7 +315,7 @@ class Arbiter:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.timing.graceful_timeout
+        deadline = time.monotonic() + self.settings.graceful_timeout
         while pids and time.monotonic() < deadline:
             pids = {p for p in pids if not _reaped(p)}
             time.sleep(0.05)
@@ -410,57 +390,57 @@ class Arbiter:
             self._on_exit(handle, status)
 
     def _on_exit(self, h: WorkerHandle, status: int) -> None:
+        """A worker was reaped: what follows is decided by the master's intent for it, then by its exit code."""
         now = self.clock()
         kind, text = describe_exit(status)
-        uptime = now - h.started_at
         pid = h.pid
         self.ledger.life_ended(h.name, pid, self._final_params(h))
-        h.pid = None
-        h.kill_at = None
-        h.killed = False
-        h.last_exit = text
+        intent, uptime = h.exited(now, text)
         self._dirty = True
         log = self.log.bind(exchange=h.name, worker_pid=pid)
-        if h.remove:
-            log.info("worker stopped and removed from the configuration", exit=text)
-            del self.handles[h.name]
-            self._retitle()
-            return
-        if h.pending_spec is not None:
-            h.spec, h.pending_spec = h.pending_spec, None
-            h.retire = False
-            h.backoff.reset()
-            h.due_at = now
-            self.ledger.restarted(h.name, "config_changed")
-            h.set_state("backoff", self.wall_ms(), "configuration changed: restarting")
-            log.info("worker stopped for a configuration change; starting it again", exit=text)
-            return
-        if h.retire or self._stopping or self._stop_signal_pending():
-            h.due_at = None
-            h.set_state("stopped", self.wall_ms(), h.reason if h.retire else "stopped")
+        if (intent is None or intent.kind is IntentKind.RECOVER) and (
+                self._stopping or self._stop_signal_pending()):
+            h.retire(self.wall_ms(), "stopped")  # an exit that belongs to a stop signal not handled yet
             log.info("worker stopped", exit=text)
             return
-        hung = h.state == "hung"
+        match intent:
+            case Intent(kind=IntentKind.REMOVE):
+                log.info("worker stopped and removed from the configuration", exit=text)
+                h.forget()
+                del self.handles[h.name]
+                self._retitle()
+            case Intent(kind=IntentKind.RESPEC, spec=ExchangeSpec() as spec):
+                h.spec = spec
+                h.backoff.reset()
+                h.respawn(now, self.wall_ms(), "configuration changed: restarting")
+                self.ledger.restarted(h.name, "config_changed")
+                log.info("worker stopped for a configuration change; starting it again", exit=text)
+            case Intent(kind=IntentKind.RETIRE):
+                h.retire(self.wall_ms(), h.reason)
+                log.info("worker stopped", exit=text)
+            case _:  # no stop was asked (it died), or it was terminated for a hang: a failure
+                self._failed(h, status, kind, text, uptime, hung=intent is not None, now=now, log=log)
+
+    def _failed(self, h: WorkerHandle, status: int, kind: ExitKind, text: str, uptime: float, *, hung: bool,
+                now: float, log: Log) -> None:
+        """An exit the master did not ask for: park a configuration error, else restart within the budget."""
         if hung:
             kind = ExitKind.CRASH  # it was terminated for a hang: whatever its code, it failed
         if kind is ExitKind.STOPPED:
-            # Every stop the master asks for is handled above. Exit 0 now means someone else stopped
-            # it (a SIGTERM sent to the worker directly): an unexpected exit, restarted like a crash.
+            # Every stop the master asks for carries an intent. Exit 0 now means someone else stopped it
+            # (a SIGTERM sent to the worker directly): an unexpected exit, restarted like a crash.
             kind = ExitKind.CRASH
             text = f"{text} without a stop request from the master"
         if kind is ExitKind.CONFIG:
-            reason = f"configuration or boot error ({text}); see the worker's log"
-            self._park(h, reason)
+            self._park(h, f"configuration or boot error ({text}); see the worker's log")
             return
         # a crash (or a kill after a hang): restart with backoff, within the hourly budget
         if not h.budget.take(now):
             self._park(h, f"restart budget exhausted: {h.budget.limit} restarts in the last hour (last: {text})")
             return
         delay = h.backoff.on_exit(uptime)
-        h.restarts += 1
         self.ledger.restarted(h.name, restart_reason(status, hung))
-        h.due_at = now + delay
-        h.set_state("backoff", self.wall_ms(), f"{'hung, ' if hung else ''}{text}; restart in {delay:.1f}s")
+        h.restart_after(now + delay, self.wall_ms(), f"{'hung, ' if hung else ''}{text}; restart in {delay:.1f}s")
         log.warning("worker died; restarting", exit=text, uptime_s=round(uptime, 1), delay_s=round(delay, 2),
                     restarts=h.restarts, budget_used=h.budget.used(now))
 
@@ -468,27 +448,25 @@ class Arbiter:
         """A SIGTERM/SIGINT recorded but not handled yet: supervisord's stopasgroup (or a terminal's
         Ctrl-C) signals the workers together with the master, so their exits belong to that stop."""
         return any(sig in (signal.SIGTERM, signal.SIGINT) for sig in self._signals)
-    def _final_params(self, h: WorkerHandle) -> dict[str, Any] | None:
+    def _final_params(self, h: WorkerHandle) -> Mapping[str, Any] | None:
         """The reaped worker's last heartbeat params (its final counters), when the cache answers."""
         if self._cache_down:
             return None
         try:
-            doc = self.cache.get_component(h.component)
+            record = Record.from_doc(self.cache.get_component(h.component))
         except OhlcvError:
             return None  # the ledger keeps the newest beat the liveness check read
-        params = (doc or {}).get("params")
-        return params if isinstance(params, dict) else None
+        return record.params if record is not None else None
 
     def _park(self, h: WorkerHandle, reason: str) -> None:
-        h.due_at = None
-        h.set_state("fatal", self.wall_ms(), reason)
+        h.park(self.wall_ms(), reason)
         self._dirty = True
         self.log.error("exchange parked FATAL", exchange=h.name, reason=reason)
 
     # ------------------------------------------------------------------ liveness
 
     def _check_liveness(self) -> None:
-        watched = [h for h in self.handles.values() if h.alive and h.kill_at is None]
+        watched = [h for h in self.handles.values() if h.phase in (Phase.STARTING, Phase.RUNNING)]
         if not watched:
             return
         now = self.clock()
@@ -503,33 +481,28 @@ class Arbiter:
         wall = self.wall_ms()
         for h in watched:
             self._note_beat(h, beats.get(h.name), now, wall)
-            t = self.timing
+            t = self.settings
             if is_stale(h.beat_at, now, t.boot_grace, t.heartbeat_timeout, started=h.started_at):
                 age = "never" if h.beats == 0 else f"{now - (h.beat_at or now):.1f}s"
                 self.log.warning("worker hung: heartbeat too old; terminating it", exchange=h.name,
                                  worker_pid=h.pid, heartbeat_age=age, timeout_s=t.heartbeat_timeout)
-                h.set_state("hung", self.wall_ms(), f"no heartbeat for {age} (timeout {t.heartbeat_timeout}s)")
+                h.hang(self.clock() + t.kill_grace, self.wall_ms(),
+                       f"no heartbeat for {age} (timeout {t.heartbeat_timeout}s)")
                 self._dirty = True
-                self._terminate(h, t.kill_grace)
+                self._signal_stop(h)
 
     def _note_beat(self, h: WorkerHandle, doc: dict[str, Any] | None, now: float, wall: int) -> None:
-        if not doc:
+        record = Record.from_doc(doc)
+        if record is None:
             return
-        params = doc.get("params") or {}
-        if h.pid is None or params.get("pid") != h.pid:
+        if h.pid is None or WorkerBeat.from_params(record.params).pid != h.pid:
             return  # a previous incarnation's beat never counts
-        self.ledger.seen(h.name, h.pid, params)
-        try:
-            beat_ms = parse_time(str(doc.get("heartbeat") or ""))
-        except ValueError:
+        self.ledger.seen(h.name, h.pid, record.params)
+        beat_ms = record.heartbeat_ms()
+        if beat_ms is None:
             return
-        beat_at = now - max(0.0, (wall - beat_ms) / 1000.0)
-        if h.beat_at is None or beat_at > h.beat_at:
-            h.beat_at = beat_at
-            h.beats += 1
-            if h.state == "starting":
-                h.set_state("running", self.wall_ms())
-                self._dirty = True
+        if h.beat(now - max(0.0, (wall - beat_ms) / 1000.0), self.wall_ms()):
+            self._dirty = True
 
     def _cache_outage(self, exc: OhlcvError) -> None:
         if not self._cache_down:
@@ -545,7 +518,7 @@ class Arbiter:
             self.log.info("process cache readable again: liveness checks resume")
             for h in self.handles.values():
                 if h.alive:
-                    h.beat_at = now if h.beat_at is None else max(h.beat_at, now)
+                    h.excuse(now)
 
     # ------------------------------------------------------------------ stopping processes
 
@@ -557,52 +530,51 @@ class Arbiter:
         except ProcessLookupError:
             pass  # already gone; the reap will see it
 
-    def _terminate(self, h: WorkerHandle, grace: float) -> None:
-        """SIGTERM (and SIGCONT, so a stopped process can act on it); SIGKILL after ``grace``."""
+    def _signal_stop(self, h: WorkerHandle) -> None:
+        """SIGTERM (and SIGCONT, so a stopped process can act on it); the record holds the SIGKILL deadline."""
         self._signal(h, signal.SIGTERM)
         self._signal(h, signal.SIGCONT)
-        deadline = self.clock() + grace
-        h.kill_at = deadline if h.kill_at is None else min(h.kill_at, deadline)
+
+    def _terminate(self, h: WorkerHandle, intent: Intent, grace: float) -> None:
+        """Ask the worker to exit, with what its exit will mean; SIGKILL after ``grace``."""
+        h.stop(intent, self.clock() + grace)
+        self._signal_stop(h)
 
     def _murder(self) -> None:
         now = self.clock()
         for h in self.handles.values():
-            if h.alive and h.kill_at is not None and now >= h.kill_at and not h.killed:
+            if h.phase is Phase.STOPPING and h.kill_at is not None and now >= h.kill_at:
                 self.log.warning("worker did not exit in time: SIGKILL", exchange=h.name, worker_pid=h.pid)
                 self._signal(h, signal.SIGKILL)
-                h.killed = True
-                h.kill_at = now + self.timing.kill_grace  # reaped by then, or _gave_up()
+                h.sigkill(now + self.settings.kill_grace)  # reaped by then, or _gave_up()
 
     def _gave_up(self) -> bool:
         now = self.clock()
-        stuck = [h for h in self.handles.values() if h.alive and h.killed and h.kill_at is not None
+        stuck = [h for h in self.handles.values() if h.phase is Phase.KILLED and h.kill_at is not None
                  and now >= h.kill_at]
         for h in stuck:
             self.log.error("worker survives SIGKILL; giving up on it", exchange=h.name, worker_pid=h.pid)
-        return bool(stuck) and all(h.killed for h in self.handles.values() if h.alive)
+        return bool(stuck) and all(h.phase is Phase.KILLED for h in self.handles.values() if h.alive)
 
     def _kill_all_now(self) -> None:
         now = self.clock()
         for h in self.handles.values():
             if h.alive:
-                h.kill_at = now
+                h.hurry(now)
 
     def _begin_stop(self, reason: str, code: int = EXIT_OK) -> None:
         self._stopping = True
         self._stop_reason = reason
         self._exit_code = code
         self._dirty = True
-        self.log.info("stopping: telling the workers", reason=reason, graceful_timeout_s=self.timing.graceful_timeout)
+        self.log.info("stopping: telling the workers", reason=reason, graceful_timeout_s=self.settings.graceful_timeout)
         if self.exporter is not None:
             self.exporter.stop()
         for h in self.handles.values():
-            h.retire = True
-            h.pending_spec = None
             if h.alive:
-                self._terminate(h, self.timing.graceful_timeout)
-            elif h.state != "fatal":
-                h.due_at = None
-                h.set_state("stopped", self.wall_ms(), reason)
+                self._terminate(h, Intent.retire(), self.settings.graceful_timeout)
+            elif h.phase is not Phase.FATAL:
+                h.retire(self.wall_ms(), reason)
 
     def _finish(self) -> int:
         left = [h.pid for h in self.handles.values() if h.alive]
@@ -625,9 +597,8 @@ class Arbiter:
             self._dirty = True
         now = self.clock()
         for h in list(self.handles.values()):
-            if h.alive or h.due_at is None or h.due_at > now or h.state in ("fatal", "stopped"):
-                continue
-            self._start(h)
+            if h.phase is Phase.BACKOFF and h.due_at is not None and h.due_at <= now:
+                self._start(h)
 
     def _start(self, h: WorkerHandle) -> None:
         if self.check_supported is not None:
@@ -647,23 +618,13 @@ class Arbiter:
             if not h.budget.take(now):
                 self._park(h, f"restart budget exhausted: cannot start a worker ({exc})")
                 return
-            delay = max(h.backoff.on_exit(0.0), self.timing.backoff_initial)
-            h.due_at = now + delay
+            delay = max(h.backoff.on_exit(0.0), self.settings.backoff_initial)
             self.ledger.restarted(h.name, "start_failed")
-            h.set_state("backoff", self.wall_ms(), f"cannot start a worker: {exc}; retry in {delay:.1f}s")
+            h.start_failed(now + delay, self.wall_ms(), f"cannot start a worker: {exc}; retry in {delay:.1f}s")
             self._dirty = True
             self.log.error("cannot start a worker", exchange=h.name, error=str(exc), delay_s=round(delay, 2))
             return
-        now = self.clock()
-        h.pid = pid
-        h.started_at = now
-        h.started_ms = self.wall_ms()
-        h.beat_at = None
-        h.beats = 0
-        h.due_at = None
-        h.kill_at = None
-        h.killed = False
-        h.set_state("starting", self.wall_ms())
+        h.started(pid, self.clock(), self.wall_ms())
         self._dirty = True
         self.log.info("worker started", exchange=h.name, worker_pid=pid, symbols=len(h.spec.symbols),
                       restarts=h.restarts)
@@ -671,9 +632,9 @@ class Arbiter:
     def _check_all_parked(self) -> None:
         if not self.handles:
             return
-        if any(h.alive or h.state not in ("fatal", "stopped") for h in self.handles.values()):
+        if any(h.phase not in (Phase.FATAL, Phase.STOPPED) for h in self.handles.values()):
             return
-        if any(h.state == "fatal" for h in self.handles.values()):
+        if any(h.phase is Phase.FATAL for h in self.handles.values()):
             self.log.error("every exchange is parked FATAL or stopped: the master exits",
                            exit_code=EXIT_ALL_FATAL)
             self._begin_stop("every exchange is FATAL", EXIT_ALL_FATAL)
@@ -706,11 +667,9 @@ class Arbiter:
         for name, gone in list(self.handles.items()):
             if name in new:
                 continue
-            gone.retire = gone.remove = True
-            gone.pending_spec = None
             if gone.alive:
                 self.log.info("exchange removed from the configuration: stopping its worker", exchange=name)
-                self._terminate(gone, self.timing.graceful_timeout)
+                self._terminate(gone, Intent.remove(), self.settings.graceful_timeout)
             else:
                 del self.handles[name]
         for name, spec in new.items():
@@ -721,41 +680,36 @@ class Arbiter:
                 continue
             changed = spec.fingerprint() != h.spec.fingerprint()
             if h.alive:
-                if h.remove or changed or h.pending_spec is not None:  # back, or changed: restart it
-                    h.retire = h.remove = False
-                    h.pending_spec = spec
+                pending = h.intent is not None and h.intent.kind in (IntentKind.REMOVE, IntentKind.RESPEC)
+                if changed or pending:  # changed, or back (removed), or changed again: restart it with this spec
                     self.log.info("configuration changed: restarting the worker", exchange=name)
-                    self._terminate(h, self.timing.graceful_timeout)
+                    self._terminate(h, Intent.respec(spec), self.settings.graceful_timeout)
                 continue
             h.spec = spec
-            if changed or h.state in ("fatal", "stopped"):  # parked or stopped: SIGHUP is the retry
-                h.retire = h.remove = False
+            if changed or h.phase in (Phase.FATAL, Phase.STOPPED):  # parked or stopped: SIGHUP is the retry
                 h.budget.reset()
                 h.backoff.reset()
-                h.due_at = now
-                h.set_state("backoff", self.wall_ms(), "configuration re-read")
+                h.respawn(now, self.wall_ms(), "configuration re-read")
         self._dirty = True
         self._retitle()
 
     # ------------------------------------------------------------------ own registration
 
+    def beat(self) -> SupervisorBeat:
+        """The master's own record params (the contract's typed form)."""
+        t = self.settings
+        return SupervisorBeat(
+            pid=self.pid, exchanges={name: h.entry() for name, h in self.handles.items()},
+            heartbeat_interval=t.heartbeat_interval, heartbeat_timeout=t.heartbeat_timeout, boot_grace=t.boot_grace,
+            stopping=self._stopping, reload_error=self.reload_error, metrics=self.ledger.params(),
+            metrics_exporter=self.exporter.params() if self.exporter is not None else None,
+        )
+
     def params(self) -> dict[str, Any]:
-        t = self.timing
-        return {
-            "pid": self.pid,
-            "exchanges": {name: h.params() for name, h in self.handles.items()},
-            "heartbeat_interval": t.heartbeat_interval,
-            "heartbeat_timeout": t.heartbeat_timeout,
-            "boot_grace": t.boot_grace,
-            "stopping": self._stopping,
-            # empty once a reload succeeds: the cache merges params, so an absent key would keep the old one
-            "reload_error": self.reload_error or "",
-            "metrics": self.ledger.params(),
-            **({"metrics_exporter": self.exporter.params()} if self.exporter is not None else {}),
-        }
+        return self.beat().to_params()
 
     def _summary(self) -> str:
-        counts: dict[State, int] = {}
+        counts: dict[str, int] = {}
         for h in self.handles.values():
             counts[h.state] = counts.get(h.state, 0) + 1
         return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
@@ -764,8 +718,8 @@ class Arbiter:
         now = self.clock()
         if not final and not self._dirty and now < self._next_publish:
             return
-        parked = any(h.state == "fatal" for h in self.handles.values())
-        status = "stopped" if final else ("error" if parked else "running")
+        parked = any(h.phase is Phase.FATAL for h in self.handles.values())
+        status = supervisor_cache_status(parked=parked, final=final)
         try:
             if self._process_id is None:
                 self._process_id = self.cache.register(
@@ -776,9 +730,9 @@ class Arbiter:
                 self.cache.stop(self._process_id, message=self._stop_reason or "stopped")
         except OhlcvError as exc:
             self._cache_outage(exc)
-            self._next_publish = now + min(1.0, self.timing.heartbeat_interval)
+            self._next_publish = now + min(1.0, self.settings.heartbeat_interval)
             return
         if self._cache_down and not final:
             self._cache_back(now)
         self._dirty = False
-        self._next_publish = now + self.timing.heartbeat_interval
+        self._next_publish = now + self.settings.heartbeat_interval

@@ -13,9 +13,15 @@ from urllib.parse import unquote
 from fullon_ohlcv_service import log
 from fullon_ohlcv_service.cliargs import OneLineParser, count, seconds
 from fullon_ohlcv_service.errors import ConfigError, OhlcvError, StoreUnavailable
-from fullon_ohlcv_service.memory import MIN_BUFFER_MB
 from fullon_ohlcv_service.models import ExchangeSpec
-from fullon_ohlcv_service.settings import COUNTS, Settings, add_common_args, add_feed_args, settings_from_args
+from fullon_ohlcv_service.settings import (
+    COUNTS,
+    Settings,
+    add_common_args,
+    add_feed_args,
+    add_worker_args,
+    settings_from_args,
+)
 
 if TYPE_CHECKING:
     from fullon_ohlcv_service.metrics.process import ExporterProcess
@@ -48,8 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backoff-max", type=seconds(), metavar="S", help="restart delay cap (default 60)")
     g.add_argument("--backoff-reset", type=seconds(), metavar="S", default=30.0,
                    help="a worker up this long was healthy: its next restart is immediate (default 30)")
-    p.add_argument("--buffer-mb", type=count(MIN_BUFFER_MB, 1 << 20), metavar="MB",
-                   help="memory bound of each worker's buffers, all its symbols together (default 128)")
     g.add_argument("--start-method", choices=("fork", "spawn"), default="fork",
                    help="how workers are started (default fork; spawn exists for the benchmark)")
     m = p.add_argument_group("metrics (Prometheus)")
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--metrics-per-symbol", choices=("on", "off"), default="on",
                    help="export the per-symbol series (8 per symbol; default on)")
     add_feed_args(p)
+    add_worker_args(p)
     add_common_args(p)
     return p
 
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fullon_ohlcv_service.adapters.caches import open_sync_process_cache
     from fullon_ohlcv_service.adapters.ccxt_exchange import check_exchange_supported
-    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter, SpawnStarter, Starter, Timing
+    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter, SpawnStarter, Starter
     from fullon_ohlcv_service.worker.main import run_worker
 
     specs = load_specs(settings, names)
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     starter: Starter = (ForkStarter if ns.start_method == "fork" else SpawnStarter)(run_worker, settings)
     arbiter = Arbiter(
         specs,
-        Timing.from_settings(settings, backoff_reset=ns.backoff_reset),
+        settings,
         starter=starter,
         cache=open_sync_process_cache(settings.cache),
         reload=lambda: reload_specs(settings, names),

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from fullon_ohlcv_service.cliargs import OneLineParser, count, seconds
+from fullon_ohlcv_service.cliargs import OneLineParser, seconds
 from fullon_ohlcv_service.errors import ConfigError
-from fullon_ohlcv_service.memory import MIN_BUFFER_MB
 from fullon_ohlcv_service.models import ExchangeSpec
-from fullon_ohlcv_service.settings import COUNTS, Settings, add_common_args, add_feed_args, settings_from_args
+from fullon_ohlcv_service.settings import (
+    Settings,
+    add_common_args,
+    add_feed_args,
+    add_worker_args,
+    settings_from_args,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,19 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graceful-timeout", type=seconds(),
                    help="seconds to flush on SIGTERM or Ctrl-C; the stop never takes longer (rows not committed "
                    "by then are re-fetched from REST on the next start; default 10)")
-    p.add_argument("--flush-rows", type=count(*COUNTS["flush_rows"]), help="rows per write batch (default 1000)")
-    p.add_argument("--flush-interval", type=seconds(), help="max seconds a row waits before a flush (default 0.25)")
-    p.add_argument("--buffer-rows", type=count(*COUNTS["buffer_rows"]),
-                   help="rows buffered before reading pauses (default 50000)")
-    p.add_argument("--buffer-mb", type=count(MIN_BUFFER_MB, 1 << 20),
-                   help="memory bound of the worker's buffers, all symbols together (default 128)")
-    p.add_argument("--silence-min", type=seconds(), default=3.0,
-                   help="shortest silence (s) that triggers a REST catch-up (default 3)")
-    p.add_argument("--gap-check", type=seconds(), default=60.0, help="seconds between candle gap checks (default 60)")
-    p.add_argument("--reconcile", type=seconds(), default=60.0,
-                   help="seconds between REST reconciliations of the last final candles (default 60)")
-    p.add_argument("--no-native-ohlcv", action="store_true",
-                   help="do not watch the exchange's live candles (candles then come from trades and REST only)")
+    add_worker_args(p)
     add_feed_args(p)
     add_common_args(p)
     return p
@@ -59,10 +52,6 @@ def main(argv: list[str] | None = None) -> int:
 
     check_exchange_supported(ns.exchange)
     spec = asyncio.run(load_spec(settings, ns.exchange))
-    from fullon_ohlcv_service.collectors.trades import SilencePolicy
     from fullon_ohlcv_service.worker.main import run_worker
-    from fullon_ohlcv_service.worker.runtime import Tuning
 
-    tuning = Tuning(silence=SilencePolicy(min_s=ns.silence_min), gap_every=ns.gap_check, reconcile_every=ns.reconcile,
-                    native_ohlcv=not ns.no_native_ohlcv)
-    return run_worker(spec, settings, parent_pid=None, tuning=tuning)
+    return run_worker(spec, settings, parent_pid=None)

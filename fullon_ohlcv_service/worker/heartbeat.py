@@ -9,18 +9,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fullon_ohlcv_service.contract import (
+    PROCESS_TYPE,
+    SymbolBeat,
+    SymbolState,
+    WorkerBeat,
+    WorkerState,
+    cache_status,
+    worker_component,
+)
 from fullon_ohlcv_service.errors import OhlcvError
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.metrics.figures import WorkerFigures
 from fullon_ohlcv_service.ports import ProcessCache
 
-STATES = ("starting", "running", "behind", "degraded", "error")
-SYMBOL_STATES = ("backfill", "catching_up", "live", "degraded", "error")
-
 
 @dataclass(slots=True)
-class SymbolBeat:
-    """One symbol's entry in the heartbeat."""
+class SymbolFacts:
+    """What the runtime knows about one symbol at one instant; ``beat()`` is its entry in the heartbeat."""
 
     last_trade_ms: int | None = None
     last_final_candle_ms: int | None = None
@@ -37,32 +43,23 @@ class SymbolBeat:
     rest_holding_back: bool = False  # a catch-up or gap repair is retrying a failed REST call
 
     @property
-    def state(self) -> str:
+    def state(self) -> SymbolState:
         """error; degraded while behind because REST keeps failing; backfill; catching_up; live."""
         if self.error:
-            return "error"
+            return SymbolState.ERROR
         if self.rest_holding_back:
-            return "degraded"
+            return SymbolState.DEGRADED
         if not self.ever_synced:
-            return "backfill"
-        return "live" if self.synced else "catching_up"
+            return SymbolState.BACKFILL
+        return SymbolState.LIVE if self.synced else SymbolState.CATCHING_UP
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            **self.counters,
-            "last_trade_ms": self.last_trade_ms,
-            "last_final_candle_ms": self.last_final_candle_ms,
-            "trades_stored": self.trades_stored,
-            "candles_stored": self.candles_stored,
-            "backfill_pct": self.backfill_pct,
-            "error": self.error,
-            "rejected": self.rejected,
-            "state": self.state,
-            "rest_errors": self.rest_errors,
-        }
-        if self.last_rest_error:
-            out["last_rest_error"] = self.last_rest_error
-        return out
+    def beat(self) -> SymbolBeat:
+        return SymbolBeat(
+            state=self.state, last_trade_ms=self.last_trade_ms, last_final_candle_ms=self.last_final_candle_ms,
+            trades_stored=self.trades_stored, candles_stored=self.candles_stored, backfill_pct=self.backfill_pct,
+            error=self.error, rejected=self.rejected, rest_errors=self.rest_errors,
+            last_rest_error=self.last_rest_error, extra=dict(self.counters),
+        )
 
 
 @dataclass(slots=True)
@@ -75,7 +72,7 @@ class Snapshot:
     live: bool  # first live data has arrived
     behind: bool
     failing: str | None  # a collector keeps failing: the message
-    symbols: dict[str, SymbolBeat] = field(default_factory=dict)
+    symbols: dict[str, SymbolFacts] = field(default_factory=dict)
     buffer_depth: int = 0
     loop_lag_ms: float = 0.0
     reconnects: int = 0
@@ -86,54 +83,41 @@ class Snapshot:
     buffer_bytes_max: int = 0  # the bound they are kept under
 
 
-def worker_state(s: Snapshot) -> str:
+def worker_state(s: Snapshot) -> WorkerState:
     """starting until the first live data, then running; behind while the store lags; error when failing;
     degraded while a symbol is behind because its REST calls keep failing."""
     if s.failing is not None or (s.symbols and all(b.error for b in s.symbols.values())):
-        return "error"
-    if any(b.state == "degraded" for b in s.symbols.values()):
-        return "degraded"
+        return WorkerState.ERROR
+    if any(b.state == SymbolState.DEGRADED for b in s.symbols.values()):
+        return WorkerState.DEGRADED
     if not s.live:
-        return "starting"
-    return "behind" if s.behind else "running"
+        return WorkerState.STARTING
+    return WorkerState.BEHIND if s.behind else WorkerState.RUNNING
 
 
-def cache_status(state: str) -> str:
-    """The ProcessCache status for a worker state (the cache has no "behind" nor "degraded": it is running)."""
-    return {"starting": "starting", "running": "running", "behind": "running", "degraded": "running",
-            "error": "error"}[state]
-
-
-def build_params(s: Snapshot) -> dict[str, Any]:
-    """The heartbeat params of the worker contract."""
-    return {
-        "pid": s.pid,
-        "exchange": s.exchange,
-        "started_ms": s.started_ms,
-        "state": worker_state(s),
-        "symbols": {sym: b.as_dict() for sym, b in s.symbols.items()},
-        "buffer_depth": s.buffer_depth,
-        "loop_lag_ms": round(s.loop_lag_ms, 3),
-        "reconnects": s.reconnects,
-        "gaps_repaired": s.gaps_repaired,
-        "errors": s.errors,
-        **(s.figures.as_params() if s.figures is not None else {}),
-        "buffer_bytes": s.buffer_bytes,
-        "buffer_bytes_max": s.buffer_bytes_max,
-    }
+def worker_beat(s: Snapshot) -> WorkerBeat:
+    """The worker's beat (the contract's typed params) for one snapshot."""
+    return WorkerBeat(
+        pid=s.pid, exchange=s.exchange, started_ms=s.started_ms, state=worker_state(s),
+        symbols={sym: b.beat() for sym, b in s.symbols.items()},
+        buffer_depth=s.buffer_depth, loop_lag_ms=round(s.loop_lag_ms, 3), reconnects=s.reconnects,
+        gaps_repaired=s.gaps_repaired, errors=s.errors,
+        buffer_bytes=s.buffer_bytes, buffer_bytes_max=s.buffer_bytes_max,
+        extra=s.figures.as_params() if s.figures is not None else {},
+    )
 
 
 def status_message(s: Snapshot) -> str:
     state = worker_state(s)
-    if state == "error":
+    if state == WorkerState.ERROR:
         if s.failing:
             return s.failing
         return "every symbol failed: " + "; ".join(f"{k}: {b.error}" for k, b in s.symbols.items())
-    if state == "degraded":
+    if state == WorkerState.DEGRADED:
         return "degraded: REST failing: " + "; ".join(
             f"{k}: {b.last_rest_error} ({b.rest_errors} REST errors)"
-            for k, b in s.symbols.items() if b.state == "degraded")
-    if state == "behind":
+            for k, b in s.symbols.items() if b.state == SymbolState.DEGRADED)
+    if state == WorkerState.BEHIND:
         return f"behind: {s.buffer_depth} rows waiting for the store"
     bad = {k: b.error for k, b in s.symbols.items() if b.error}
     if bad:
@@ -181,7 +165,7 @@ class Heartbeat:
     ) -> None:
         self.cache = cache
         self.exchange = exchange
-        self.component = f"ohlcv-worker:{exchange}"
+        self.component = worker_component(exchange)
         self.interval = interval
         self.snapshot = snapshot
         self.log = log
@@ -194,7 +178,7 @@ class Heartbeat:
 
     async def register(self, params: Mapping[str, Any]) -> None:
         try:
-            self.process_id = await self.cache.register("ohlcv", self.component, params, status="starting")
+            self.process_id = await self.cache.register(PROCESS_TYPE, self.component, params, status="starting")
         except OhlcvError as exc:
             self.failures += 1
             self.log.warning("process cache register failed; will retry", error=str(exc))
@@ -214,14 +198,15 @@ class Heartbeat:
 
     async def beat(self) -> None:
         snap = self.snapshot()
-        params = build_params(snap)
+        beat = worker_beat(snap)
+        params = beat.to_params()
         try:
             if self.process_id is None:
                 await self.register(params)
                 if self.process_id is None:
                     return
             await self.cache.update(
-                self.process_id, status=cache_status(params["state"]), message=status_message(snap), params=params
+                self.process_id, status=cache_status(worker_state(snap)), message=status_message(snap), params=params
             )
             last = max((b.last_trade_ms for b in snap.symbols.values() if b.last_trade_ms is not None), default=None)
             if last is not None and last != self._last_trade_status:

@@ -13,6 +13,7 @@ import sys
 import threading
 
 from fullon_ohlcv_service import log
+from fullon_ohlcv_service.collectors.trades import SilencePolicy
 from fullon_ohlcv_service.errors import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, ConfigError
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.settings import Settings
@@ -78,10 +79,19 @@ class StopDeadline:
             self._timer.cancel()
 
 
+def tuning_from_settings(settings: Settings) -> Tuning:
+    """The collectors' knobs that the settings carry (flags of ohlcv-worker and ohlcv-supervisor alike)."""
+    return Tuning(silence=SilencePolicy(min_s=settings.silence_min), gap_every=settings.gap_check,
+                  reconcile_every=settings.reconcile, native_ohlcv=settings.native_ohlcv)
+
+
 def run_worker(
     spec: ExchangeSpec, settings: Settings, *, parent_pid: int | None = None, tuning: Tuning | None = None
 ) -> int:
     """Run one exchange's worker until SIGTERM/SIGINT (exit 0), a boot error (78) or a crash (1).
+
+    ``settings`` is the whole configuration, the same object the master was started with when forked;
+    ``tuning`` (tests only) replaces the collector knobs derived from it.
 
     Forked by the master, it starts with the master's signals blocked (supervisor.arbiter.ForkStarter);
     they are unblocked once the event loop's handlers are installed, so a SIGTERM sent at any time
@@ -108,6 +118,11 @@ def run_worker(
     import uvloop
 
     deadline = StopDeadline(settings.graceful_timeout, logger)
+    tuning = tuning if tuning is not None else tuning_from_settings(settings)
+    silence_min = tuning.silence.min_s if tuning.silence is not None else None
+    logger.info("worker starting", symbols=len(spec.symbols), silence_min_s=silence_min,
+                gap_check_s=tuning.gap_every, reconcile_s=tuning.reconcile_every, native_ohlcv=tuning.native_ohlcv,
+                heartbeat_interval_s=settings.heartbeat_interval, buffer_mb=settings.buffer_mb)
 
     async def main() -> int:
         runtime = WorkerRuntime(spec, settings, parent_pid=parent_pid, tuning=tuning)

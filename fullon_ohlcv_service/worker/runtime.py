@@ -30,7 +30,7 @@ from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore, ProcessCache
 from fullon_ohlcv_service.settings import Settings
 from fullon_ohlcv_service.timeutil import now_ms
-from fullon_ohlcv_service.worker.heartbeat import Heartbeat, LoopLag, Snapshot, SymbolBeat
+from fullon_ohlcv_service.worker.heartbeat import Heartbeat, LoopLag, Snapshot, SymbolFacts
 
 
 @dataclass(slots=True)
@@ -357,7 +357,7 @@ class WorkerRuntime:
                 snap.live = True  # quiet symbols: caught up to the live stream with nothing new
             for sym, run in tr.runs.items():
                 st = wr.stats_for(sym) if wr else None
-                snap.symbols[sym] = SymbolBeat(
+                snap.symbols[sym] = SymbolFacts(
                     last_trade_ms=st.last_trade_ms if st else None,
                     last_final_candle_ms=st.last_final_candle_ms if st else None,
                     trades_stored=st.trades_stored if st else 0,
@@ -373,7 +373,7 @@ class WorkerRuntime:
                 )
                 snap.errors += run.rest.errors
         for sym, err in self.unknown.items():
-            snap.symbols[sym] = SymbolBeat(error=err)
+            snap.symbols[sym] = SymbolFacts(error=err)
         if wr is not None:
             snap.buffer_depth = wr.depth
         snap.buffer_bytes_max = self.settings.buffer_mb * MIB

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from fullon_ohlcv_service.adapters.stores import SqlOhlcvStore, compute_gaps, open_ohlcv_store
+from fullon_ohlcv_service.adapters.store_rules import compute_gaps
+from fullon_ohlcv_service.adapters.stores import SqlOhlcvStore, open_ohlcv_store
 from fullon_ohlcv_service.errors import ConfigError, PermanentError, StoreDataError, StoreUnavailable
 from fullon_ohlcv_service.models import Candle, Reject, Trade
 from fullon_ohlcv_service.settings import StoreURL, parse_store_url
+from tests.store_reads import count_candles, count_rejects, count_trades, latest_candle, oldest_candle
 
 SYM = "BTC/USD"
 M = 60_000
@@ -59,7 +61,7 @@ async def test_resaving_a_batch_adds_nothing(store: SqlOhlcvStore) -> None:
     batch = [trade(i) for i in range(50)]
     assert await store.save_trades(SYM, batch) == 50
     assert await store.save_trades(SYM, batch) == 0
-    assert await store.count_trades(SYM) == 50
+    assert await count_trades(store, SYM) == 50
     assert await all_trades(store) == batch  # every field round-trips exactly
 
 
@@ -74,20 +76,20 @@ async def test_same_ms_different_ids_are_both_stored(store: SqlOhlcvStore) -> No
     ts = T0 + 123
     a, b = trade(2, ts=ts), trade(1, ts=ts)
     assert await store.save_trades(SYM, [a, b]) == 2
-    assert await store.count_trades(SYM) == 2
+    assert await count_trades(store, SYM) == 2
     assert [t.id for t in await all_trades(store)] == ["t000001", "t000002"]  # (ts, id) order
     assert await store.latest_trade(SYM) == (ts, "t000002")
 
 
 async def test_latest_trade_counts_and_iter_order(store: SqlOhlcvStore) -> None:
     assert await store.latest_trade(SYM) is None
-    assert await store.count_trades(SYM) == 0
+    assert await count_trades(store, SYM) == 0
     batch = [trade(i) for i in range(30)]
     await store.save_trades(SYM, list(reversed(batch)))
     assert await store.latest_trade(SYM) == (batch[-1].ts, batch[-1].id)
-    assert await store.count_trades(SYM, since=batch[10].ts) == 20
-    assert await store.count_trades(SYM, until=batch[10].ts) == 10
-    assert await store.count_trades(SYM, batch[5].ts, batch[8].ts) == 3
+    assert await count_trades(store, SYM, since=batch[10].ts) == 20
+    assert await count_trades(store, SYM, until=batch[10].ts) == 10
+    assert await count_trades(store, SYM, batch[5].ts, batch[8].ts) == 3
     assert await all_trades(store, batch[5].ts, batch[8].ts) == batch[5:8]
     assert await all_trades(store) == batch
 
@@ -131,15 +133,15 @@ async def test_candle_batch_with_repeated_minutes_applies_the_same_rule(store: S
 
 
 async def test_latest_oldest_counts_and_iter_of_candles(store: SqlOhlcvStore) -> None:
-    assert await store.latest_candle(SYM) is None
-    assert await store.oldest_candle(SYM) is None
+    assert await latest_candle(store, SYM) is None
+    assert await oldest_candle(store, SYM) is None
     cs = [candle(m, 10.0 + m) for m in range(5)] + [candle(5, 20.0, final=False)]
     assert await store.save_candles(SYM, list(reversed(cs))) == 6
-    assert await store.latest_candle(SYM) == cs[5]
-    assert await store.latest_candle(SYM, final_only=True) == cs[4]
-    assert await store.oldest_candle(SYM) == cs[0]
-    assert await store.count_candles(SYM) == 6
-    assert await store.count_candles(SYM, T0 + M, T0 + 3 * M) == 2
+    assert await latest_candle(store, SYM) == cs[5]
+    assert await latest_candle(store, SYM, final_only=True) == cs[4]
+    assert await oldest_candle(store, SYM) == cs[0]
+    assert await count_candles(store, SYM) == 6
+    assert await count_candles(store, SYM, T0 + M, T0 + 3 * M) == 2
     assert await all_candles(store, T0 + M, T0 + 3 * M) == cs[1:3]
     assert await all_candles(store) == cs
 
@@ -196,18 +198,18 @@ def reject(ref: str, reason: str = "price not finite", kind: str = "trade", seen
 
 
 async def test_rejects_are_idempotent_on_kind_ref_reason(store: SqlOhlcvStore) -> None:
-    assert await store.count_rejects(SYM) == 0 and await store.load_rejects(SYM) == []
+    assert await count_rejects(store, SYM) == 0 and await store.load_rejects(SYM) == []
     first = [reject("7"), reject("7", "amount negative"), reject(str(T0), "high below open/close", "candle"),
              reject("7", seen=T0 + 1)]  # the same (kind, ref, reason) twice in one batch
     assert await store.save_rejects(SYM, first) == 3
     # seen again later (a re-fetch after a restart): nothing new, the first sighting is kept
     assert await store.save_rejects(SYM, [reject("7", seen=T0 + 5000), reject("8", seen=T0 + 10)]) == 1
-    assert await store.count_rejects(SYM) == 4
+    assert await count_rejects(store, SYM) == 4
     assert await store.load_rejects(SYM) == [
         reject(str(T0), "high below open/close", "candle"), reject("7", "amount negative"), reject("7"),
         reject("8", seen=T0 + 10),
     ]
-    assert await store.count_trades(SYM) == 0 and await store.count_candles(SYM) == 0  # never in the data tables
+    assert await count_trades(store, SYM) == 0 and await count_candles(store, SYM) == 0  # never in the data tables
 
 
 async def test_rejects_hold_any_text_the_exchange_sent(store: SqlOhlcvStore) -> None:
@@ -223,11 +225,11 @@ async def test_rejects_hold_any_text_the_exchange_sent(store: SqlOhlcvStore) -> 
 async def test_rejects_table_is_per_symbol_and_made_by_init_symbol(store: SqlOhlcvStore) -> None:
     await store.save_rejects(SYM, [reject("1")])
     await store.init_symbol(SYM)  # idempotent: keeps what is there
-    assert await store.count_rejects(SYM) == 1
+    assert await count_rejects(store, SYM) == 1
     with pytest.raises(PermanentError, match="init_symbol"):
-        await store.count_rejects("ETH/USD")
+        await count_rejects(store, "ETH/USD")
     await store.init_symbol("ETH/USD")
-    assert await store.count_rejects("ETH/USD") == 0
+    assert await count_rejects(store, "ETH/USD") == 0
 
 
 # ---- schema and names ---------------------------------------------------------------------------
@@ -236,14 +238,14 @@ async def test_init_symbol_twice_keeps_data(store: SqlOhlcvStore) -> None:
     await store.save_trades(SYM, [trade(1)])
     await store.init_symbol(SYM)
     await store.init_symbol(SYM)
-    assert await store.count_trades(SYM) == 1
+    assert await count_trades(store, SYM) == 1
     assert await store.has_symbol(SYM)
     assert not await store.has_symbol("ETH/USD")
 
 
 async def test_uninitialised_symbol_is_a_clear_permanent_error(store: SqlOhlcvStore) -> None:
     with pytest.raises(PermanentError, match="init_symbol"):
-        await store.count_trades("ETH/USD")
+        await count_trades(store, "ETH/USD")
 
 
 @pytest.mark.parametrize("symbol", ['btc/usd"; drop table x;--', "BTC/ÜSD", "", "A" * 30 + "/USD", "BTC/USD\n"])
@@ -252,7 +254,7 @@ async def test_hostile_symbols_are_refused_before_any_sql(store: SqlOhlcvStore, 
         await store.init_symbol(symbol)
     with pytest.raises(ConfigError):
         await store.save_trades(symbol, [trade(1)])
-    assert await store.count_trades(SYM) == 0  # the real table is untouched
+    assert await count_trades(store, SYM) == 0  # the real table is untouched
 
 
 @pytest.mark.parametrize("exchange", ['kraken"; drop schema public;--', "Kraken", "", "kräken", "k" * 40])
@@ -294,7 +296,7 @@ async def test_a_failed_batch_is_not_half_applied(store: SqlOhlcvStore) -> None:
     bad = Trade(ts=T0, id="bad", price=1.0, amount=1.0, side="buy", type=None)  # type: ignore[arg-type]
     with pytest.raises(StoreDataError):  # a NOT NULL violation: retrying cannot help
         await store.save_trades(SYM, [*good, bad])
-    assert await store.count_trades(SYM) == 0
+    assert await count_trades(store, SYM) == 0
     assert await store.save_trades(SYM, good) == 5
 
 
@@ -311,7 +313,7 @@ async def test_values_a_store_refuses_are_a_store_data_error_and_it_stays_usable
             await store.save_trades(SYM, [trade(1), bad])
         else:
             await store.save_candles(SYM, [candle(0), bad])
-    assert await store.count_trades(SYM) == 0 and await store.count_candles(SYM) == 0
+    assert await count_trades(store, SYM) == 0 and await count_candles(store, SYM) == 0
     for _ in range(3):  # every pooled connection is still usable
         assert await store.save_trades(SYM, [trade(len(await all_trades(store)))]) == 1
     assert await store.save_candles(SYM, [candle(0)]) == 1
@@ -320,7 +322,7 @@ async def test_values_a_store_refuses_are_a_store_data_error_and_it_stays_usable
 async def test_a_trade_without_id_fails_the_batch(store: SqlOhlcvStore) -> None:
     with pytest.raises(StoreDataError, match="no trade id"):
         await store.save_trades(SYM, [trade(1), Trade(ts=T0, id="", price=1.0, amount=1.0, side="buy")])
-    assert await store.count_trades(SYM) == 0
+    assert await count_trades(store, SYM) == 0
 
 
 # ---- concurrency ----------------------------------------------------------------------------------
@@ -346,11 +348,11 @@ def _writer_process(url: str, first: int, last: int, start: multiprocessing.sync
 def _check_concurrent_result(url: str) -> None:
     async def check() -> None:
         async with open_ohlcv_store(parse_store_url("test", url, ("sqlite", "postgresql")), "kraken") as s:
-            assert await s.count_trades(SYM) == 4500
+            assert await count_trades(s, SYM) == 4500
             assert [t.id for t in await all_trades(s)] == [f"t{i:06d}" for i in range(4500)]
             assert await s.candle_gaps(SYM, T0, T0 + 4500 * M) == []  # coverage merged from both
             minutes = {lo // 10 for lo in [*range(0, 3000, 250), *range(1500, 4500, 250)]}
-            assert await s.count_candles(SYM) == len(minutes)
+            assert await count_candles(s, SYM) == len(minutes)
 
     asyncio.run(check())
 
@@ -402,7 +404,7 @@ def test_postgres_connections_killed_under_the_store_lose_no_batch(pg_url: str) 
                     failures.append(str(exc))
             else:
                 pytest.fail(f"never recovered: {failures}")
-            assert await s.count_trades(SYM) == 20
+            assert await count_trades(s, SYM) == 20
             print("failures before success:", failures)
 
     asyncio.run(run())

@@ -20,6 +20,7 @@ from fullon_ohlcv_service.errors import StoreDataError
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.settings import StoreURL, parse_store_url
+from tests.store_reads import count_rejects, count_trades
 
 SYM = "BTC/USD"
 M = 60_000
@@ -85,7 +86,7 @@ async def test_a_refused_row_is_bisected_out_and_the_rest_committed(store: SqlOh
         # a later batch of the same rows (a re-fetch): nothing new, nothing counted twice, nothing blocks
         await w.put_trades(SYM, batch)
         await asyncio.wait_for(w.wait_committed(), 20)
-        assert await store.count_trades(SYM) == 300 and await store.count_rejects(SYM) == 3
+        assert await count_trades(store, SYM) == 300 and await count_rejects(store, SYM) == 3
         assert book.counts == {SYM: 3}
     finally:
         task.cancel()

@@ -91,7 +91,7 @@ def drive() -> None:
     import setproctitle
 
     from fullon_ohlcv_service import log
-    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter, Timing
+    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter
 
     path = sys.argv[1]
     cfg, specs = _load(path)
@@ -133,7 +133,7 @@ def drive() -> None:
     starter.start = start  # type: ignore[method-assign]
     arbiter = Arbiter(
         specs,
-        Timing.from_settings(settings, backoff_reset=cfg.get("backoff_reset", 30.0)),
+        settings,
         starter=starter,
         cache=SyncSqliteProcessCache(settings.cache),
         reload=lambda: _load(path)[1],
@@ -543,15 +543,17 @@ class _NoStarter:
 def test_an_exit_0_while_the_masters_own_stop_signal_is_pending_belongs_to_that_stop(tmp_path: Path) -> None:
     """supervisord's stopasgroup (or Ctrl-C in a terminal) signals the workers together with the master:
     a worker's exit 0 reaped before the master handled its own SIGTERM is part of that requested stop."""
-    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, Timing
+    from fullon_ohlcv_service.supervisor.arbiter import Arbiter
 
     settings = settings_from_env({}, home=str(tmp_path), cache=f"sqlite://{tmp_path / 'cache.sqlite'}", **FAST)
     cache = SyncSqliteProcessCache(tmp_path / "cache.sqlite")
-    arbiter = Arbiter([_spec({"name": "kraken"}), _spec({"name": "binance"})], Timing.from_settings(settings),
+    arbiter = Arbiter([_spec({"name": "kraken"}), _spec({"name": "binance"})], settings,
                       starter=_NoStarter(), cache=cache)
     kraken, binance = arbiter.handles["kraken"], arbiter.handles["binance"]
     for pid, h in ((101, kraken), (102, binance)):
-        h.pid, h.state = pid, "running"
+        h.started(pid, 0.0, 0)
+        h.beat(1.0, 0)
+        assert h.state == "running"
     arbiter._on_exit(binance, 0)  # no stop signal anywhere: someone else stopped it
     assert (binance.state, binance.restarts) == ("backoff", 1)
     arbiter._signals.append(signal.SIGTERM)  # recorded by the handler, not handled yet

@@ -7,16 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from fullon_ohlcv_service.adapters.cache_layout import is_fresh, merge_document, new_process_id, split_process_id
 from fullon_ohlcv_service.adapters.caches import open_process_cache, open_sync_process_cache
-from fullon_ohlcv_service.adapters.redis_cache import (
-    RedisProcessCache,
-    SyncRedisProcessCache,
-    is_fresh,
-    merge_document,
-    new_process_id,
-    split_process_id,
-    update_plan,
-)
+from fullon_ohlcv_service.adapters.redis_cache import RedisProcessCache, SyncRedisProcessCache, update_plan
 from fullon_ohlcv_service.adapters.sqlite_cache import SqliteProcessCache, SyncSqliteProcessCache
 from fullon_ohlcv_service.errors import ConfigError
 from fullon_ohlcv_service.settings import StoreURL, parse_store_url

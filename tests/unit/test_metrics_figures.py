@@ -96,15 +96,15 @@ def test_monotonic_never_exposes_less_than_before() -> None:
 
 def test_heartbeat_params_carry_the_figures_that_the_tally_reads() -> None:
     from fullon_ohlcv_service.metrics.figures import WorkerFigures
-    from fullon_ohlcv_service.worker.heartbeat import Snapshot, SymbolBeat, build_params
+    from fullon_ohlcv_service.worker.heartbeat import Snapshot, SymbolFacts, worker_beat
 
     fig = WorkerFigures(rest_requests={"ok": 4, "rate_limited": 1}, rate_limit_waits=1, rate_limit_wait_s=1.5)
     fig.commit_seconds.observe(0.002)
     snap = Snapshot(exchange="kraken", pid=9, started_ms=1, live=True, behind=False, failing=None, reconnects=2,
-                    symbols={"BTC/USD": SymbolBeat(trades_stored=5, rejected=3,
+                    symbols={"BTC/USD": SymbolFacts(trades_stored=5, rejected=3,
                                                     counters={"gaps_found": 2, "gaps_repaired": 1})},
                     figures=fig)
-    params = build_params(snap)
+    params = worker_beat(snap).to_params()
     assert params["symbols"]["BTC/USD"]["gaps_found"] == 2 and params["symbols"]["BTC/USD"]["trades_stored"] == 5
     t = Tally.from_params(params)
     assert t.rest == {"ok": 4, "rate_limited": 1}

@@ -69,7 +69,7 @@ def drive() -> None:
     from fullon_ohlcv_service import log
     from fullon_ohlcv_service.metrics.exporter import run_exporter
     from fullon_ohlcv_service.metrics.process import ExporterProcess, listen
-    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter, Timing
+    from fullon_ohlcv_service.supervisor.arbiter import Arbiter, ForkStarter
 
     path = sys.argv[1]
     cfg, specs = _load(path)
@@ -78,7 +78,7 @@ def drive() -> None:
     exporter = ExporterProcess(listen("127.0.0.1", 0),
                                functools.partial(run_exporter, cache_url=settings.cache, per_symbol=True),
                                backoff_initial=0.2)
-    arbiter = Arbiter(specs, Timing.from_settings(settings), starter=ForkStarter(counting_worker, settings),
+    arbiter = Arbiter(specs, settings, starter=ForkStarter(counting_worker, settings),
                       cache=SyncSqliteProcessCache(settings.cache), set_title=setproctitle.setproctitle,
                       exporter=exporter)
     sys.exit(arbiter.run())

@@ -176,3 +176,32 @@ def test_numbers_must_be_finite_and_in_range(tmp_path, overrides, needle):
 def test_heartbeat_variable_is_checked_and_named(tmp_path, value):
     with pytest.raises(ConfigError, match=r"^OHLCV_HEARTBEAT_INTERVAL: "):
         settings_from_env({"OHLCV_HOME": str(tmp_path), "OHLCV_HEARTBEAT_INTERVAL": value})
+
+
+@pytest.mark.parametrize("command", ["supervisor", "worker"])
+def test_collection_flags_are_settings_of_both_commands(tmp_path, command):
+    """One settings shape: the worker's knobs parse the same on ohlcv-supervisor (for its forks) and ohlcv-worker."""
+    from fullon_ohlcv_service.settings import settings_from_args
+    from fullon_ohlcv_service.supervisor.cli import build_parser as supervisor_parser
+    from fullon_ohlcv_service.worker.cli import build_parser as worker_parser
+    from fullon_ohlcv_service.worker.main import tuning_from_settings
+
+    parser = supervisor_parser() if command == "supervisor" else worker_parser()
+    head = ["--exchange", "kraken"] if command == "worker" else []
+    env = {"OHLCV_HOME": str(tmp_path)}
+    default = settings_from_args(parser.parse_args(head), env)
+    assert (default.silence_min, default.gap_check, default.reconcile, default.native_ohlcv) == (3.0, 60.0, 60.0, True)
+    ns = parser.parse_args([*head, "--silence-min", "2.5", "--gap-check", "7", "--reconcile", "9", "--no-native-ohlcv",
+                            "--flush-rows", "10", "--buffer-mb", "64"])
+    s = settings_from_args(ns, env)
+    assert (s.silence_min, s.gap_check, s.reconcile, s.native_ohlcv, s.flush_rows, s.buffer_mb) == (
+        2.5, 7.0, 9.0, False, 10, 64)
+    t = tuning_from_settings(s)
+    assert t.silence is not None and t.silence.min_s == 2.5
+    assert (t.gap_every, t.reconcile_every, t.native_ohlcv) == (7.0, 9.0, False)
+
+
+@pytest.mark.parametrize("name", ["silence_min", "gap_check", "reconcile", "backoff_reset"])
+def test_collection_periods_must_be_positive(name):
+    with pytest.raises(ConfigError, match=f"^--{name.replace('_', '-')}: must be > 0, got 0$"):
+        settings_from_env({}, **{name: 0.0})
