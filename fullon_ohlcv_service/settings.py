@@ -122,6 +122,14 @@ class Settings:
     flush_interval: float = 0.25
     buffer_rows: int = 50_000
     buffer_mb: int = DEFAULT_BUFFER_MB  # the worker's buffers, all symbols together (memory.py)
+    # the worker's retry caps (seconds; retry.py's capped exponential backoff)
+    rest_backoff_max: float = 10.0  # an exchange REST call (catch-up, gap repair, candles)
+    stream_backoff_max: float = 10.0  # re-reading a websocket after it dropped (trades, live candles)
+    store_backoff_max: float = 5.0  # the writer's retry of a batch the store did not take
+    open_backoff_max: float = 10.0  # opening the process cache or the store, reading resume points
+    markets_backoff_max: float = 30.0  # loading the exchange's markets
+    task_backoff_max: float = 30.0  # restarting a collector task that crashed
+    poll_backoff_max: float = 15.0  # a catch-up polling REST while it has nothing new
     # supervisor
     heartbeat_timeout: float = 30.0
     boot_grace: float = 60.0
@@ -149,6 +157,8 @@ class Settings:
         positive = (
             "heartbeat_interval", "flush_interval", "heartbeat_timeout", "kill_grace",
             "graceful_timeout", "backoff_initial", "backoff_max",
+            "rest_backoff_max", "stream_backoff_max", "store_backoff_max", "open_backoff_max",
+            "markets_backoff_max", "task_backoff_max", "poll_backoff_max",
         )
         for name in positive:
             value = getattr(self, name)

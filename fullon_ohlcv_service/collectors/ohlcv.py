@@ -12,9 +12,11 @@ from fullon_ohlcv_service.collectors.candles import candles_from_trades
 from fullon_ohlcv_service.collectors.trades import SymbolRun, TradeCollector
 from fullon_ohlcv_service.errors import PermanentError, TransientError
 from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.retry import Backoff, retry_transient
 from fullon_ohlcv_service.timeutil import MINUTE_MS, now_ms
 
 REPAIR_CHUNK_MS = 60 * MINUTE_MS
+STREAM_BACKOFF = Backoff(0.25, 10.0)  # re-reading live candles after a drop (cap: Settings.stream_backoff_max)
 
 
 def same_candle(a: Candle, b: Candle) -> bool:
@@ -45,6 +47,7 @@ class CandleCollector:
         reconcile_minutes: int = 5,
         gap_every: float = 60.0,
         max_repairs: int = 30,
+        stream_backoff: Backoff = STREAM_BACKOFF,
     ) -> None:
         self.t = trades
         self.client = trades.client
@@ -55,6 +58,7 @@ class CandleCollector:
         self.reconcile_minutes = reconcile_minutes
         self.gap_every = gap_every
         self.max_repairs = max_repairs
+        self.stream_backoff = stream_backoff
         self.gaps_repaired = 0
         self.gaps_found_by: Counter[str] = Counter()  # per symbol: gaps and candle mismatches found
         self.gaps_repaired_by: Counter[str] = Counter()  # per symbol: ranges repaired from REST trades
@@ -95,20 +99,20 @@ class CandleCollector:
         can never leave a wrong final candle behind.
         """
         run = self.t.runs[symbol]
-        delay = 0.25
+
+        def on_error(exc: Exception, wait: float) -> None:
+            self.log.debug("live candles interrupted", symbol=symbol, error=str(exc))
+
         while run.error is None:
             try:
-                candles = await self.client.watch_ohlcv(symbol)
-            except TransientError as exc:
-                self.log.debug("live candles interrupted", symbol=symbol, error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
+                candles = await retry_transient(lambda: self.client.watch_ohlcv(symbol), backoff=self.stream_backoff,
+                                                stop=lambda: run.error is not None, on_error=on_error)
+            except TransientError:
+                return  # (raised only once the symbol failed)
             except PermanentError as exc:
                 self.log.warning("live candles unavailable; using trades and REST only", symbol=symbol,
                                  error=str(exc))
                 return
-            delay = 0.25
             final_to = run.builder.final_to
             # a zero-volume kline (Binance pushes them for empty minutes) would stay provisional forever
             fresh = [dataclasses.replace(c, final=False) for c in candles

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from fullon_ohlcv_service.collectors.backfill import Cursor, RestHealth, Retry, page_trades
 from fullon_ohlcv_service.collectors.candles import CandleBuilder, candles_from_trades
 from fullon_ohlcv_service.collectors.writer import BatchWriter
-from fullon_ohlcv_service.errors import PermanentError, TransientError
+from fullon_ohlcv_service.errors import PermanentError
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.memory import (
     DEFAULT_BUFFER_MB,
@@ -25,9 +25,12 @@ from fullon_ohlcv_service.memory import (
 )
 from fullon_ohlcv_service.models import SymbolSpec, Trade
 from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore
+from fullon_ohlcv_service.retry import Attempts, Backoff, retry_transient
 from fullon_ohlcv_service.timeutil import MINUTE_MS, floor_minute, now_ms
 
 DAY_MS = 86_400_000
+STREAM_BACKOFF = Backoff(0.25, 10.0)  # re-reading the websocket after it dropped (cap: Settings.stream_backoff_max)
+POLL_BACKOFF = Backoff(0.25, 15.0)  # a catch-up polling REST that has nothing new (cap: Settings.poll_backoff_max)
 
 
 @dataclass(slots=True)
@@ -158,6 +161,9 @@ class TradeCollector:
         page_limit: int | None = None,
         backpressure_s: float | None = None,
         subscribe_margin_ms: int = 3000,
+        retry: Retry | None = None,
+        stream_backoff: Backoff = STREAM_BACKOFF,
+        poll_backoff: Backoff = POLL_BACKOFF,
     ) -> None:
         self.client = client
         self.store = store
@@ -175,7 +181,10 @@ class TradeCollector:
         self.backpressure_s = backpressure_s
         self.subscribe_margin_ms = subscribe_margin_ms
         self.runs: dict[str, SymbolRun] = {}
-        self.retry = Retry(log=log)
+        self.retry = retry or Retry(log=log)
+        self.stream_backoff = stream_backoff
+        self.poll_backoff = poll_backoff
+        self._watching: list[str] = []  # the symbols of the current websocket read
         self.reconnects = 0
         self.live_trades = 0
         self.connected = False
@@ -222,25 +231,14 @@ class TradeCollector:
     # ---- live ---------------------------------------------------------------------------------
     async def live_loop(self) -> None:
         """Read the websocket forever; a dropped socket is a reconnect, followed by catch-ups."""
-        delay = 0.25
         while True:
-            symbols = self.active()
-            if not symbols:
-                await asyncio.sleep(1.0)
-                continue
             try:
-                batch = await self.client.watch_trades(symbols)
-            except TransientError as exc:
-                self.reconnects += 1
-                self._all_unsynced()
-                self.connected = False
-                self.connected_ms = self.newest_live_ts = None
-                self.log.warning("websocket lost; reconnecting", error=str(exc), reconnects=self.reconnects)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
+                batch = await retry_transient(self._read, backoff=self.stream_backoff, on_error=self._lost)
             except PermanentError as exc:
-                self._fail_from_ws(exc, symbols)
+                self._fail_from_ws(exc, self._watching)
+                continue
+            if batch is None:  # no symbol left to watch
+                await asyncio.sleep(1.0)
                 continue
             if not self.connected:
                 self.connected = True
@@ -249,7 +247,6 @@ class TradeCollector:
                 newest = max(t.ts for _, t in batch)
                 if self.newest_live_ts is None or newest > self.newest_live_ts:
                     self.newest_live_ts = newest
-            delay = 0.25
             self.reading = False
             self.block_started = time.monotonic()
             try:
@@ -261,6 +258,20 @@ class TradeCollector:
                 # ccxt keeps only the newest trades while we were not reading: catch up from REST
                 self.log.warning("backpressure stalled reading; catching up from REST", waited_s=round(waited, 2))
                 self._all_unsynced()
+
+    async def _read(self) -> list[tuple[str, Trade]] | None:
+        """The next batch of live trades of every active symbol (None when no symbol is active)."""
+        self._watching = self.active()
+        if not self._watching:
+            return None
+        return await self.client.watch_trades(self._watching)
+
+    def _lost(self, exc: Exception, wait: float) -> None:
+        self.reconnects += 1
+        self._all_unsynced()
+        self.connected = False
+        self.connected_ms = self.newest_live_ts = None
+        self.log.warning("websocket lost; reconnecting", error=str(exc), reconnects=self.reconnects)
 
     def _fail_from_ws(self, exc: PermanentError, symbols: list[str]) -> None:
         # A permanent error naming one symbol parks that symbol; otherwise it is a collector failure.
@@ -401,7 +412,7 @@ class TradeCollector:
         start_ts = run.cursor.ts
         goal = now_ms()
         next_mark = 10
-        delay = 0.25
+        poll = Attempts(self.poll_backoff)
         run.syncs += 1
         fetched_before = run.fetched
         began = time.monotonic()
@@ -456,15 +467,15 @@ class TradeCollector:
                 return
             if res.trades == 0:
                 # nothing new over REST yet: wait for the first live trade (or poll again later)
+                delay = poll.next()
                 run.live_arrived.clear()
                 if not run.live_buf:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(run.live_arrived.wait(), delay)
                 else:
                     await asyncio.sleep(min(delay, 0.25))
-                delay = min(delay * 2, 15.0)
             else:
-                delay = 0.25
+                poll.reset()
         first_sync = not run.ever_synced
         run.ever_synced = True
         run.backfill_pct = 100.0

@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+from fullon_ohlcv_service.collectors.backfill import Retry
 from fullon_ohlcv_service.collectors.ohlcv import CandleCollector
 from fullon_ohlcv_service.collectors.rejects import RejectBook
 from fullon_ohlcv_service.collectors.trades import SilencePolicy, TradeCollector
@@ -27,6 +28,7 @@ from fullon_ohlcv_service.memory import MIB, pending_trades_max
 from fullon_ohlcv_service.metrics.worker import worker_figures
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore, ProcessCache
+from fullon_ohlcv_service.retry import Backoff, retry_transient
 from fullon_ohlcv_service.settings import Settings
 from fullon_ohlcv_service.timeutil import now_ms
 from fullon_ohlcv_service.worker.heartbeat import Heartbeat, LoopLag, Snapshot, SymbolBeat
@@ -136,17 +138,24 @@ class WorkerRuntime:
 
         Returns None when asked to stop first.
         """
-        delay = 0.5
-        while not self.stop.is_set():
-            try:
-                return await stack.enter_async_context(factory())
-            except TransientError as exc:
-                self.errors += 1
-                self.log.warning(f"{what} unavailable; retrying", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), delay)
-                delay = min(delay * 2, 10.0)
-        return None
+        if self.stop.is_set():
+            return None
+
+        def on_error(exc: Exception, wait: float) -> None:
+            self.errors += 1
+            self.log.warning(f"{what} unavailable; retrying", error=str(exc))
+
+        try:
+            return await retry_transient(lambda: stack.enter_async_context(factory()),
+                                         backoff=Backoff(0.5, self.settings.open_backoff_max),
+                                         stop=self.stop.is_set, on_error=on_error, sleep=self._nap)
+        except TransientError:
+            return None  # (raised only once asked to stop)
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
 
     def _client(self) -> ExchangeClient:
         if self._open_client is not None:
@@ -162,17 +171,18 @@ class WorkerRuntime:
                 "errors": 0, "buffer_bytes": 0, "buffer_bytes_max": self.settings.buffer_mb * MIB}
 
     async def _load_markets(self, client: ExchangeClient) -> set[str] | None:
-        delay = 0.5
-        while not self.stop.is_set():
-            try:
-                return await client.load_markets()
-            except TransientError as exc:
-                self.errors += 1
-                self.log.warning("load_markets failed; retrying", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), delay)
-                delay = min(delay * 2, 30.0)
-        return None
+        if self.stop.is_set():
+            return None
+
+        def on_error(exc: Exception, wait: float) -> None:
+            self.errors += 1
+            self.log.warning("load_markets failed; retrying", error=str(exc))
+
+        try:
+            return await retry_transient(client.load_markets, backoff=Backoff(0.5, self.settings.markets_backoff_max),
+                                         stop=self.stop.is_set, on_error=on_error, sleep=self._nap)
+        except TransientError:
+            return None  # (raised only once asked to stop)
 
     @staticmethod
     async def _stop_tasks(*tasks: asyncio.Task[None]) -> None:
@@ -193,11 +203,16 @@ class WorkerRuntime:
                 self.log.error("symbol not listed by the exchange", symbol=sp.symbol)
         writer = self.writer = BatchWriter(
             store, flush_rows=s.flush_rows, flush_interval=s.flush_interval, buffer_rows=s.buffer_rows,
-            backoff_max=min(5.0, s.backoff_max), log=self.log, rejects=self.rejects,
+            backoff_max=s.store_backoff_max, log=self.log, rejects=self.rejects,
         )
-        trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence,
-                                              buffer_bytes_max=s.buffer_mb * MIB)
-        candles = self.candles = CandleCollector(trades, reconcile_every=t.reconcile_every, gap_every=t.gap_every)
+        stream = Backoff(0.25, s.stream_backoff_max)
+        trades = self.trades = TradeCollector(
+            client, store, writer, listed, log=self.log, silence=t.silence, buffer_bytes_max=s.buffer_mb * MIB,
+            retry=Retry(0.25, s.rest_backoff_max, log=self.log), stream_backoff=stream,
+            poll_backoff=Backoff(0.25, s.poll_backoff_max),
+        )
+        candles = self.candles = CandleCollector(trades, reconcile_every=t.reconcile_every, gap_every=t.gap_every,
+                                                 stream_backoff=stream)
         writer_task = asyncio.create_task(writer.run(), name="writer")
         await self._until_stopped(self._retrying_prepare(trades))
         if self.stop.is_set():
@@ -231,16 +246,11 @@ class WorkerRuntime:
         return lambda: trades.housekeeping(self.tuning.housekeeping_every)
 
     async def _retrying_prepare(self, trades: TradeCollector) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await trades.prepare()
-                return
-            except TransientError as exc:
-                self.errors += 1
-                self.log.warning("store not ready; retrying", error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        def on_error(exc: Exception, wait: float) -> None:
+            self.errors += 1
+            self.log.warning("store not ready; retrying", error=str(exc))
+
+        await retry_transient(trades.prepare, backoff=Backoff(0.5, self.settings.open_backoff_max), on_error=on_error)
 
     async def _until_stopped(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -256,25 +266,17 @@ class WorkerRuntime:
 
     async def _guard(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """Run a collector task; a crash is logged, counted and retried with capped backoff."""
-        delay = 0.5
-        while True:
-            started = time.monotonic()
-            try:
-                await factory()
-                return
-            except asyncio.CancelledError:
-                raise
-            except TransientError as exc:  # a store or exchange outage: the task retries, nothing is broken
-                self.errors += 1
+
+        def on_error(exc: Exception, wait: float) -> None:
+            self.errors += 1
+            if isinstance(exc, TransientError):  # a store or exchange outage: the task retries, nothing is broken
                 self.log.warning("collector interrupted; retrying", task=name, error=f"{type(exc).__name__}: {exc}")
-            except Exception as exc:  # a crashing collector must not take down the rest
-                self.errors += 1
+            else:  # a crashing collector must not take down the rest
                 self.log.exception("collector crashed; restarting", task=name)
                 self._crashed(name, exc)
-            if time.monotonic() - started > 60:
-                delay = 0.5
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+
+        await retry_transient(factory, backoff=Backoff(0.5, self.settings.task_backoff_max), on_error=on_error,
+                              retry_on=(Exception,), healthy_after=60.0)
 
     def _crashed(self, name: str, exc: BaseException) -> None:
         now = time.monotonic()

@@ -143,3 +143,17 @@ async def test_cancellation_is_never_retried() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_the_worker_retry_caps_are_validated_settings() -> None:
+    from fullon_ohlcv_service.errors import ConfigError
+    from fullon_ohlcv_service.settings import settings_from_env
+
+    env = {"OHLCV_HOME": "/nonexistent-ohlcv-home"}
+    s = settings_from_env(env)
+    assert (s.rest_backoff_max, s.stream_backoff_max, s.store_backoff_max, s.open_backoff_max,
+            s.markets_backoff_max, s.task_backoff_max, s.poll_backoff_max) == (10.0, 10.0, 5.0, 10.0, 30.0, 30.0, 15.0)
+    # the writer's cap is its own: the supervisor's restart cap no longer bounds it
+    assert settings_from_env(env, backoff_max=2.0).store_backoff_max == 5.0
+    with pytest.raises(ConfigError, match=r"^--store-backoff-max: must be > 0, got 0"):
+        settings_from_env(env, store_backoff_max=0)
