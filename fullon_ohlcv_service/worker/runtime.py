@@ -74,6 +74,7 @@ class WorkerRuntime:
         self.trades: TradeCollector | None = None
         self.candles: CandleCollector | None = None
         self.writer: BatchWriter | None = None
+        self.rest: Retry | None = None
         self.lag = LoopLag()
         self.heartbeat: Heartbeat | None = None
         self.client: ExchangeClient | None = None
@@ -206,13 +207,15 @@ class WorkerRuntime:
             backoff_max=s.store_backoff_max, log=self.log, rejects=self.rejects,
         )
         stream = Backoff(0.25, s.stream_backoff_max)
+        rest = self.rest = Retry(0.25, s.rest_backoff_max, log=self.log)  # every REST call, both collectors
         trades = self.trades = TradeCollector(
             client, store, writer, listed, log=self.log, silence=t.silence, buffer_bytes_max=s.buffer_mb * MIB,
-            retry=Retry(0.25, s.rest_backoff_max, log=self.log), stream_backoff=stream,
-            poll_backoff=Backoff(0.25, s.poll_backoff_max),
+            retry=rest, stream_backoff=stream, poll_backoff=Backoff(0.25, s.poll_backoff_max),
         )
-        candles = self.candles = CandleCollector(trades, reconcile_every=t.reconcile_every, gap_every=t.gap_every,
-                                                 stream_backoff=stream)
+        candles = self.candles = CandleCollector(
+            trades.handles(), client, store, writer, retry=rest, log=self.log, reconcile_every=t.reconcile_every,
+            gap_every=t.gap_every, stream_backoff=stream,
+        )
         writer_task = asyncio.create_task(writer.run(), name="writer")
         await self._until_stopped(self._retrying_prepare(trades))
         if self.stop.is_set():
@@ -317,7 +320,7 @@ class WorkerRuntime:
                                      error=repr(task.exception()))
         if self.trades is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue_open_candles(writer), left())
+                await asyncio.wait_for(self.trades.flush(), left())
         flushed = await writer.drain(left())
         writer_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -330,54 +333,46 @@ class WorkerRuntime:
                              "on the next start", rows=writer.depth, **why)
         return EXIT_OK
 
-    async def _queue_open_candles(self, writer: BatchWriter) -> None:
-        """Candles of minutes the trades already prove closed, and the open minute as provisional."""
-        assert self.trades is not None
-        for run in self.trades.runs.values():
-            if run.error is None:
-                await writer.put_candles(run.symbol, run.builder.provisional())
-
     # ---- heartbeat ------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        tr, wr, cd = self.trades, self.writer, self.candles
+        wr = self.writer
+        tb = self.trades.beats() if self.trades is not None else None
+        cb = self.candles.beats() if self.candles is not None else None
         snap = Snapshot(
             exchange=self.spec.name, pid=os.getpid(), started_ms=self.started_ms,
-            live=tr is not None and tr.live_trades > 0 and any(r.ever_synced for r in tr.runs.values()),
-            behind=wr is not None and wr.behind, failing=self.failing_message(),
+            live=tb is not None and tb.live, behind=wr is not None and wr.behind, failing=self.failing_message(),
             loop_lag_ms=self.lag.take(), errors=self.errors + (wr.write_errors if wr else 0),
         )
-        if tr is not None:
-            snap.reconnects = tr.reconnects
-            if not snap.live and tr.runs and all(r.ever_synced for r in tr.runs.values()):
-                snap.live = True  # quiet symbols: caught up to the live stream with nothing new
-            for sym, run in tr.runs.items():
+        if tb is not None:
+            snap.reconnects = tb.reconnects
+            for sym, b in tb.symbols.items():
                 st = wr.stats_for(sym) if wr else None
                 snap.symbols[sym] = SymbolBeat(
                     last_trade_ms=st.last_trade_ms if st else None,
                     last_final_candle_ms=st.last_final_candle_ms if st else None,
                     trades_stored=st.trades_stored if st else 0,
                     candles_stored=st.candles_stored if st else 0,
-                    backfill_pct=run.backfill_pct,
-                    error=run.error,
+                    backfill_pct=b.backfill_pct,
+                    error=b.error,
                     rejected=self.rejects.counts.get(sym, 0),
-                    synced=run.synced,
-                    ever_synced=run.ever_synced,
-                    rest_errors=run.rest.errors,
-                    last_rest_error=run.rest.last_error,
-                    rest_holding_back=run.rest.holding_back,
+                    synced=b.synced,
+                    ever_synced=b.ever_synced,
+                    rest_errors=b.rest_errors,
+                    last_rest_error=b.last_rest_error,
+                    rest_holding_back=b.rest_holding_back,
                 )
-                snap.errors += run.rest.errors
+                snap.errors += b.rest_errors
         for sym, err in self.unknown.items():
             snap.symbols[sym] = SymbolBeat(error=err)
         if wr is not None:
             snap.buffer_depth = wr.depth
         snap.buffer_bytes_max = self.settings.buffer_mb * MIB
-        if tr is not None:
-            snap.buffer_bytes = tr.buffer_bytes()
-        if cd is not None:
-            snap.gaps_repaired = cd.gaps_repaired
-        snap.figures = worker_figures(self.client, tr, wr)
-        if cd is not None:
+        if tb is not None:
+            snap.buffer_bytes = tb.buffer_bytes
+        if cb is not None:
+            snap.gaps_repaired = cb.gaps_repaired
+        snap.figures = worker_figures(self.client, self.rest, wr)
+        if cb is not None:
             for sym, beat in snap.symbols.items():
-                beat.counters = {"gaps_found": cd.gaps_found_by[sym], "gaps_repaired": cd.gaps_repaired_by[sym]}
+                beat.counters = cb.counters(sym)
         return snap
