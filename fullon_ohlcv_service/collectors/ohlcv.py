@@ -119,9 +119,6 @@ class CandleCollector:
         self.gaps_repaired = 0
         self.gaps_found_by: Counter[str] = Counter()  # per symbol: gaps and candle mismatches found
         self.gaps_repaired_by: Counter[str] = Counter()  # per symbol: ranges repaired from REST trades
-        self.mismatches = 0
-        self.rest_candles = 0
-        self.live_candles = 0
 
     def beats(self) -> CandleBeats:
         """What the heartbeat reports about the candle side now."""
@@ -139,7 +136,6 @@ class CandleCollector:
         since -= since % MINUTE_MS
 
         async def on_page(candles: list[Candle]) -> None:
-            self.rest_candles += len(candles)
             await self.writer.put_candles(symbol, candles)
 
         try:
@@ -179,7 +175,6 @@ class CandleCollector:
             fresh = [dataclasses.replace(c, final=False) for c in candles
                      if c.volume > 0 and (final_to is None or c.ts >= final_to)]
             if fresh:
-                self.live_candles += len(fresh)
                 await self.writer.put_candles(symbol, fresh)
 
     async def reconcile_loop(self) -> None:
@@ -209,7 +204,6 @@ class CandleCollector:
                 continue
             if ours is None and c.ts < run.built_from:
                 continue  # a minute from before this run: its stored candle was built then
-            self.mismatches += 1
             self.gaps_found_by[run.symbol] += 1
             self.log.warning("candle differs from the exchange; repairing its trades", symbol=run.symbol, ts=c.ts)
             await self.repair(run, c.ts, c.ts + MINUTE_MS)
