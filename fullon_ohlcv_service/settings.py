@@ -150,7 +150,8 @@ def parse_store_url(setting: str, url: str, allowed: tuple[str, ...]) -> StoreUR
 MAX_SECONDS = 86_400.0  # a day: no duration setting needs more, and none may be inf or nan
 DURATIONS = ("heartbeat_interval", "flush_interval", "heartbeat_timeout", "boot_grace", "kill_grace",
              "graceful_timeout", "backoff_initial", "backoff_max", "backoff_reset", "silence_min", "gap_check",
-             "reconcile")
+             "reconcile", "rest_backoff_max", "stream_backoff_max", "store_backoff_max", "open_backoff_max",
+             "markets_backoff_max", "task_backoff_max", "poll_backoff_max")
 ZERO_OK_DURATIONS = ("boot_grace",)
 COUNTS = {"flush_rows": (1, 1_000_000), "buffer_rows": (1, 100_000_000), "restart_budget": (1, 1_000_000)}
 
@@ -229,6 +230,14 @@ class Settings:
     gap_check: float = 60.0  # seconds between candle gap checks
     reconcile: float = 60.0  # seconds between REST reconciliations of the last final candles
     native_ohlcv: bool = True  # also watch the exchange's live 1m candles (provisional rows only)
+    # the worker's retry caps (seconds; retry.py's capped exponential backoff)
+    rest_backoff_max: float = 10.0  # an exchange REST call (catch-up, gap repair, candles)
+    stream_backoff_max: float = 10.0  # re-reading a websocket after it dropped (trades, live candles)
+    store_backoff_max: float = 5.0  # the writer's retry of a batch the store did not take
+    open_backoff_max: float = 10.0  # opening the process cache or the store, reading resume points
+    markets_backoff_max: float = 30.0  # loading the exchange's markets
+    task_backoff_max: float = 30.0  # restarting a collector task that crashed
+    poll_backoff_max: float = 15.0  # a catch-up polling REST while it has nothing new
     # supervisor
     heartbeat_timeout: float = 30.0
     boot_grace: float = 60.0

@@ -157,13 +157,13 @@ class Pipeline:
             writer = BatchWriter(store)
             col = TradeCollector(client, store, writer, spec.symbols, log=Log("bench"))
             await col.prepare()
-            for run in col.runs.values():  # history is "already stored": the live path only
-                run.synced = run.ever_synced = True
-                run.need_sync.clear()
+            for sync in col.syncs.values():  # history is "already stored": the live path only
+                sync.start_pass()
+                sync.proved_quiet()
             # A burst outruns any store: ccxt parses ahead of us until the adapter's live buffer overflows,
             # which would send the symbols to a REST catch-up that can never meet future-dated burst
             # trades. Keep them on the live path so the figure is the pipeline's sustained capacity.
-            col._all_unsynced = lambda: None  # type: ignore[method-assign]
+            col._interrupt_all = lambda: None  # type: ignore[method-assign]
             self.collector = col
             tasks = [asyncio.create_task(writer.run()), asyncio.create_task(col.live_loop()),
                      asyncio.create_task(col.housekeeping())]

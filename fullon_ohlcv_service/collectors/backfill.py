@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from fullon_ohlcv_service.errors import OhlcvError, PermanentError, RateLimited, TransientError
+from fullon_ohlcv_service.errors import PermanentError, RateLimited
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.models import Candle, Trade
 from fullon_ohlcv_service.ports import ExchangeClient
+from fullon_ohlcv_service.retry import Backoff, retry_transient
 from fullon_ohlcv_service.timeutil import MINUTE_MS, now_ms
 
 T = TypeVar("T")
@@ -79,58 +79,52 @@ class RestHealth:
 
 
 class Retry:
-    """Capped exponential backoff for transient exchange errors, counted for the heartbeat.
+    """REST calls retried along a capped backoff on transient exchange errors, counted for the heartbeat.
 
     With ``health``, each failure is recorded on that symbol's RestHealth (and logged: the first of a
     run of failures, then every 10th), and while a call with ``holds_back`` is retrying, the symbol
-    is shown *degraded*.
+    is shown *degraded*. A rate limit (429/418) waits at least ``rate_limit_floor``.
     """
 
     def __init__(self, initial: float = 0.25, maximum: float = 10.0, rate_limit_floor: float = 1.0,
                  log: Log | None = None) -> None:
-        self.initial = initial
-        self.maximum = maximum
+        self.backoff = Backoff(initial, maximum)
         self.rate_limit_floor = rate_limit_floor
         self.log = log
         self.failures = 0
         self.rate_limit_waits = 0  # backoffs after a 429/418 (for /metrics)
         self.rate_limit_wait_s = 0.0
 
-    async def call(self, fn: Callable[[], Awaitable[T]], stop: Callable[[], bool] = lambda: False,
-                   health: RestHealth | None = None, holds_back: bool = True) -> T:
-        delay = self.initial
+    async def call(self, fn: Callable[[], Awaitable[T]], health: RestHealth | None = None,
+                   holds_back: bool = True) -> T:
         counted = False  # this call is in health.retrying
+
+        def on_error(exc: Exception, wait: float) -> float:
+            nonlocal counted
+            self.failures += 1
+            if isinstance(exc, RateLimited):
+                wait = max(wait, self.rate_limit_floor)
+                self.rate_limit_waits += 1
+                self.rate_limit_wait_s += wait
+            self._note(health, exc, wait)
+            if health is not None and holds_back and not counted:
+                health.retrying += 1
+                counted = True
+            return wait
+
         try:
-            while True:
-                try:
-                    result = await fn()
-                except TransientError as exc:
-                    self.failures += 1
-                    if stop():
-                        self._note(health, exc, None)
-                        raise
-                    wait = max(delay, self.rate_limit_floor) if isinstance(exc, RateLimited) else delay
-                    if isinstance(exc, RateLimited):
-                        self.rate_limit_waits += 1
-                        self.rate_limit_wait_s += wait
-                    self._note(health, exc, wait)
-                    if health is not None and holds_back and not counted:
-                        health.retrying += 1
-                        counted = True
-                    await asyncio.sleep(wait)
-                    delay = min(delay * 2, self.maximum)
-                    continue
-                except PermanentError as exc:
-                    self._note(health, exc, None)
-                    raise
-                if health is not None:
-                    health.consecutive = 0
-                return result
+            result = await retry_transient(fn, backoff=self.backoff, on_error=on_error)
+        except PermanentError as exc:
+            self._note(health, exc, None)
+            raise
         finally:
             if counted and health is not None:
                 health.retrying -= 1
+        if health is not None:
+            health.consecutive = 0
+        return result
 
-    def _note(self, health: RestHealth | None, exc: OhlcvError, wait: float | None) -> None:
+    def _note(self, health: RestHealth | None, exc: Exception, wait: float | None) -> None:
         if health is None:
             return
         health.failed(exc)

@@ -6,15 +6,68 @@ import asyncio
 import dataclasses
 import math
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-from fullon_ohlcv_service.collectors.backfill import Cursor, page_candles, page_trades
+from fullon_ohlcv_service.collectors.backfill import Cursor, RestHealth, Retry, page_candles, page_trades
 from fullon_ohlcv_service.collectors.candles import candles_from_trades
-from fullon_ohlcv_service.collectors.trades import SymbolRun, TradeCollector
+from fullon_ohlcv_service.collectors.writer import BatchWriter
 from fullon_ohlcv_service.errors import PermanentError, TransientError
+from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.models import Candle, Trade
+from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore
+from fullon_ohlcv_service.retry import Backoff, retry_transient
 from fullon_ohlcv_service.timeutil import MINUTE_MS, now_ms
 
 REPAIR_CHUNK_MS = 60 * MINUTE_MS
+STREAM_BACKOFF = Backoff(0.25, 10.0)  # re-reading live candles after a drop (cap: Settings.stream_backoff_max)
+
+
+class SymbolHandle(Protocol):
+    """What the candle side may read and do about one symbol (collectors.sync.SymbolSync provides it)."""
+
+    @property
+    def symbol(self) -> str: ...
+
+    @property
+    def history_start(self) -> int: ...
+
+    @property
+    def built_from(self) -> int: ...  # the first minute whose trades the trade side has all seen
+
+    @property
+    def final_to(self) -> int | None: ...  # minutes before it have their final candle queued
+
+    @property
+    def rest(self) -> RestHealth: ...
+
+    @property
+    def failed(self) -> bool: ...
+
+    @property
+    def synced(self) -> bool: ...
+
+    @property
+    def ever_synced(self) -> bool: ...
+
+    def candle(self, minute: int) -> Candle | None: ...
+
+    def remember(self, trades: Iterable[Trade]) -> None: ...
+
+    def reset_minutes(self, a: int, b: int, trades: Sequence[Trade]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CandleBeats:
+    """The candle side's counters for the heartbeat, at one instant."""
+
+    gaps_repaired: int
+    gaps_found_by: dict[str, int]
+    gaps_repaired_by: dict[str, int]
+
+    def counters(self, symbol: str) -> dict[str, int]:
+        return {"gaps_found": self.gaps_found_by.get(symbol, 0), "gaps_repaired": self.gaps_repaired_by.get(symbol, 0)}
 
 
 def same_candle(a: Candle, b: Candle) -> bool:
@@ -39,33 +92,42 @@ class CandleCollector:
 
     def __init__(
         self,
-        trades: TradeCollector,
+        symbols: Mapping[str, SymbolHandle],
+        client: ExchangeClient,
+        store: OhlcvStore,
+        writer: BatchWriter,
         *,
+        retry: Retry,
+        log: Log,
         reconcile_every: float = 60.0,
         reconcile_minutes: int = 5,
         gap_every: float = 60.0,
         max_repairs: int = 30,
+        stream_backoff: Backoff = STREAM_BACKOFF,
     ) -> None:
-        self.t = trades
-        self.client = trades.client
-        self.store = trades.store
-        self.writer = trades.writer
-        self.log = trades.log
+        self.symbols = symbols
+        self.client = client
+        self.store = store
+        self.writer = writer
+        self.retry = retry
+        self.log = log
         self.reconcile_every = reconcile_every
         self.reconcile_minutes = reconcile_minutes
         self.gap_every = gap_every
         self.max_repairs = max_repairs
+        self.stream_backoff = stream_backoff
         self.gaps_repaired = 0
         self.gaps_found_by: Counter[str] = Counter()  # per symbol: gaps and candle mismatches found
         self.gaps_repaired_by: Counter[str] = Counter()  # per symbol: ranges repaired from REST trades
-        self.mismatches = 0
-        self.rest_candles = 0
-        self.live_candles = 0
+
+    def beats(self) -> CandleBeats:
+        """What the heartbeat reports about the candle side now."""
+        return CandleBeats(self.gaps_repaired, dict(self.gaps_found_by), dict(self.gaps_repaired_by))
 
     async def backfill(self, symbol: str) -> None:
         """Write the exchange's REST candles from the history start (or as deep as served) to now."""
-        run = self.t.runs[symbol]
-        if run.error is not None:
+        run = self.symbols[symbol]
+        if run.failed:
             return
         since = run.history_start
         depth = self.client.ohlcv_depth
@@ -74,11 +136,10 @@ class CandleCollector:
         since -= since % MINUTE_MS
 
         async def on_page(candles: list[Candle]) -> None:
-            self.rest_candles += len(candles)
             await self.writer.put_candles(symbol, candles)
 
         try:
-            n = await page_candles(self.client, symbol, since, now_ms(), on_page, retry=self.t.retry,
+            n = await page_candles(self.client, symbol, since, now_ms(), on_page, retry=self.retry,
                                    health=run.rest)
         except PermanentError as exc:
             self.log.warning("REST candles unavailable", symbol=symbol, error=str(exc))
@@ -94,57 +155,55 @@ class CandleCollector:
         written only from the complete trade stream or from REST, so a socket that missed updates
         can never leave a wrong final candle behind.
         """
-        run = self.t.runs[symbol]
-        delay = 0.25
-        while run.error is None:
+        run = self.symbols[symbol]
+
+        def on_error(exc: Exception, wait: float) -> None:
+            self.log.debug("live candles interrupted", symbol=symbol, error=str(exc))
+
+        while not run.failed:
             try:
-                candles = await self.client.watch_ohlcv(symbol)
-            except TransientError as exc:
-                self.log.debug("live candles interrupted", symbol=symbol, error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
+                candles = await retry_transient(lambda: self.client.watch_ohlcv(symbol), backoff=self.stream_backoff,
+                                                stop=lambda: run.failed, on_error=on_error)
+            except TransientError:
+                return  # (raised only once the symbol failed)
             except PermanentError as exc:
                 self.log.warning("live candles unavailable; using trades and REST only", symbol=symbol,
                                  error=str(exc))
                 return
-            delay = 0.25
-            final_to = run.builder.final_to
+            final_to = run.final_to
             # a zero-volume kline (Binance pushes them for empty minutes) would stay provisional forever
             fresh = [dataclasses.replace(c, final=False) for c in candles
                      if c.volume > 0 and (final_to is None or c.ts >= final_to)]
             if fresh:
-                self.live_candles += len(fresh)
                 await self.writer.put_candles(symbol, fresh)
 
     async def reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.reconcile_every)
-            for run in list(self.t.runs.values()):
-                if run.error is None and run.synced:
+            for run in list(self.symbols.values()):
+                if not run.failed and run.synced:
                     try:
                         await self.reconcile(run)
                     except TransientError as exc:
                         self.log.warning("candle reconciliation skipped", symbol=run.symbol, error=str(exc))
 
-    async def reconcile(self, run: SymbolRun) -> int:
+    async def reconcile(self, run: SymbolHandle) -> int:
         """Compare the last few final candles with the exchange's; repair the minutes that differ."""
-        final_to = run.builder.final_to
+        final_to = run.final_to
         if final_to is None:
             return 0
         since = final_to - self.reconcile_minutes * MINUTE_MS
-        rest = await self.t.retry.call(lambda: self.client.fetch_ohlcv(run.symbol, since, None), health=run.rest,
+        rest = await self.retry.call(lambda: self.client.fetch_ohlcv(run.symbol, since, None), health=run.rest,
                                       holds_back=False)
         fixed = 0
         for c in rest:
             if not c.final or c.ts < since or c.ts + MINUTE_MS > final_to:
                 continue
-            ours = run.builder.candle(c.ts)
+            ours = run.candle(c.ts)
             if ours is not None and same_candle(ours, c):
                 continue
             if ours is None and c.ts < run.built_from:
                 continue  # a minute from before this run: its stored candle was built then
-            self.mismatches += 1
             self.gaps_found_by[run.symbol] += 1
             self.log.warning("candle differs from the exchange; repairing its trades", symbol=run.symbol, ts=c.ts)
             await self.repair(run, c.ts, c.ts + MINUTE_MS)
@@ -163,12 +222,12 @@ class CandleCollector:
     async def check_gaps(self) -> int:
         """Repair the committed history's candle gaps (minutes with no candle and no coverage)."""
         repaired = 0
-        for run in list(self.t.runs.values()):
-            if run.error is not None or not run.ever_synced:
+        for run in list(self.symbols.values()):
+            if run.failed or not run.ever_synced:
                 continue
             # minutes before the builder's final boundary have had their candles queued: once the
             # writer has committed what is queued now, a minute with no candle there is a true gap
-            until = run.builder.final_to if run.builder.final_to is not None else run.built_from
+            until = run.final_to if run.final_to is not None else run.built_from
             await self.writer.wait_committed(self.writer.last_seq)
             gaps = await self.store.candle_gaps(run.symbol, run.history_start, until)
             self.gaps_found_by[run.symbol] += len(gaps)
@@ -180,23 +239,20 @@ class CandleCollector:
                     a = end
         return repaired
 
-    async def repair(self, run: SymbolRun, a: int, b: int) -> None:
+    async def repair(self, run: SymbolHandle, a: int, b: int) -> None:
         """Fetch [a, b)'s trades over REST; store them, their candles and (if complete) the coverage."""
         got: list[Trade] = []
 
         async def on_page(trades: list[Trade], watermark: int) -> None:
             got.extend(t for t in trades if a <= t.ts < b)
 
-        res = await page_trades(self.client, run.symbol, Cursor(a - 1), lambda: b - 1, on_page, retry=self.t.retry,
+        res = await page_trades(self.client, run.symbol, Cursor(a - 1), lambda: b - 1, on_page, retry=self.retry,
                                 health=run.rest)
         complete = res.reached or (res.watermark is not None and res.watermark >= b)
         await self.writer.put_trades(run.symbol, got)
-        for t in got:
-            run.recent.add(t)
+        run.remember(got)
         await self.writer.put_candles(run.symbol, candles_from_trades(got))
-        for m in range(a - a % MINUTE_MS, b, MINUTE_MS):
-            if run.builder.holds(m):
-                run.builder.reset_minute(m, (t for t in got if m <= t.ts < m + MINUTE_MS))
+        run.reset_minutes(a, b, got)
         if complete:
             await self.writer.put_coverage(run.symbol, a, b)
         self.gaps_repaired += 1

@@ -18,6 +18,7 @@ from fullon_ohlcv_service.errors import PermanentError, StoreDataError, Transien
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.metrics.figures import COMMIT_BUCKETS, EMIT_BUCKETS, Histogram
 from fullon_ohlcv_service.models import Candle, Reject, Trade
+from fullon_ohlcv_service.retry import Backoff, retry_transient
 from fullon_ohlcv_service.timeutil import now_ms
 from fullon_ohlcv_service.validation import candle_reject, candle_values, trade_reject, trade_values
 
@@ -108,8 +109,7 @@ class BatchWriter:
         self.flush_rows = flush_rows
         self.flush_interval = flush_interval
         self.buffer_rows = max(buffer_rows, flush_rows)
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self.backoff = Backoff(backoff_initial, backoff_max)
         self.backlog_factor = max(1, backlog_factor)
         self._log = log or Log("fullon.ohlcv.writer")
         self._queue: deque[_Op] = deque()
@@ -261,35 +261,38 @@ class BatchWriter:
                 break
             batch.append(op)
             rows += op.rows
-        delay = self.backoff_initial
         isolate = False  # bisect to single rows, quarantining those the store refuses
         unclassified = 0
-        while True:
-            t0 = time.perf_counter()
-            try:
-                await self._write(batch, isolate)
-                self._observe(batch, time.perf_counter() - t0)
-                break
-            except TransientError as exc:
-                self._note_failure(exc, rows)
-            except asyncio.CancelledError:
-                raise
-            except StoreDataError as exc:
-                if not isolate:
+
+        async def attempt() -> None:
+            """Write the batch once; switch to isolating rows at once when the store refuses some."""
+            nonlocal isolate, unclassified
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    await self._write(batch, isolate)
+                except StoreDataError as exc:
+                    if isolate:
+                        raise  # (isolation catches these row by row: not expected here)
                     self._log.warning("store refused rows of a batch; isolating them", rows=rows, error=str(exc))
                     isolate = True
                     continue
-                self._note_failure(exc, rows)  # (isolation catches these row by row: not expected here)
-            except PermanentError as exc:  # not about rows (tables gone, a corrupt file): like unavailable
-                self._note_failure(exc, rows)
-            except Exception as exc:  # noqa: BLE001 - unclassified: retried, then isolated; never wedges
-                unclassified += 1
-                self._note_failure(exc, rows, unexpected=True)
-                if unclassified >= self.unclassified_attempts and not isolate:
-                    isolate = True
-                    continue
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.backoff_max)
+                except (TransientError, PermanentError):
+                    raise  # retried: unavailable, or not about rows (tables gone, a corrupt file)
+                except Exception as exc:  # unclassified: retried, then isolated; never wedges
+                    unclassified += 1
+                    if unclassified >= self.unclassified_attempts and not isolate:
+                        self._note_failure(exc, rows, unexpected=True)
+                        isolate = True
+                        continue
+                    raise
+                self._observe(batch, time.perf_counter() - t0)
+                return
+
+        def on_error(exc: Exception, wait: float) -> None:
+            self._note_failure(exc, rows, unexpected=not isinstance(exc, (TransientError, PermanentError)))
+
+        await retry_transient(attempt, backoff=self.backoff, on_error=on_error, retry_on=(Exception,))
         if self.failing:
             self._log.info("store writes recovered", rows=rows)
         self.failing = False

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from fullon_ohlcv_service.errors import EXIT_CRASH, ConfigError
 from fullon_ohlcv_service.log import Log
+from fullon_ohlcv_service.retry import Backoff
 from fullon_ohlcv_service.supervisor.policy import describe_exit
 
 ExporterTarget = Callable[[socket.socket, int], int]  # (listener, master_pid) -> exit code
@@ -112,7 +113,7 @@ class ExporterProcess:
         self._schedule(f"metrics exporter exited ({text})", exporter_pid=pid)
 
     def _schedule(self, what: str, **fields: Any) -> None:
-        delay = min(self.backoff_max, self.backoff_initial * 2.0 ** min(self.failures, 30)) if self.failures else 0.0
+        delay = Backoff(self.backoff_initial, self.backoff_max).delay(self.failures) if self.failures else 0.0
         self.failures += 1
         self.due_at = self.clock() + delay
         self.log.warning(f"{what}; restarting it", delay_s=round(delay, 2), **fields)

@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING
 from fullon_ohlcv_service.metrics.figures import RestCounters, WorkerFigures
 
 if TYPE_CHECKING:
-    from fullon_ohlcv_service.collectors.trades import TradeCollector
+    from fullon_ohlcv_service.collectors.backfill import Retry
     from fullon_ohlcv_service.collectors.writer import BatchWriter
     from fullon_ohlcv_service.ports import ExchangeClient
 
 
-def worker_figures(client: ExchangeClient | None, trades: TradeCollector | None,
-                   writer: BatchWriter | None) -> WorkerFigures:
+def worker_figures(client: ExchangeClient | None, rest: Retry | None, writer: BatchWriter | None) -> WorkerFigures:
     """The figures of this worker life so far: the adapter's REST counters (when it keeps them, as the
     ccxt adapter does), the collectors' backoffs after a 429, and the writer's histograms."""
     fig = WorkerFigures()
@@ -22,9 +21,9 @@ def worker_figures(client: ExchangeClient | None, trades: TradeCollector | None,
         fig.rest_requests = dict(counters.requests)
         fig.rate_limit_waits = counters.rate_limit_waits
         fig.rate_limit_wait_s = counters.rate_limit_wait_s
-    if trades is not None:
-        fig.rate_limit_waits += trades.retry.rate_limit_waits
-        fig.rate_limit_wait_s += trades.retry.rate_limit_wait_s
+    if rest is not None:
+        fig.rate_limit_waits += rest.rate_limit_waits
+        fig.rate_limit_wait_s += rest.rate_limit_wait_s
     if writer is not None:
         fig.commit_seconds = writer.commit_seconds
         fig.emit_to_commit_seconds = writer.emit_to_commit_seconds

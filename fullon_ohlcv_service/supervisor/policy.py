@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from fullon_ohlcv_service.errors import EXIT_CONFIG, EXIT_OK
+from fullon_ohlcv_service.retry import Backoff as Curve
 
 BUDGET_WINDOW_S = 3600.0
 
@@ -48,9 +49,7 @@ class Backoff:
         """Delay before the restart that follows ``failures`` earlier consecutive failures."""
         if failures <= 0:
             return 0.0
-        base: float = min(self.maximum, self.initial * 2.0 ** min(failures - 1, 62))
-        factor = 1.0 + self.jitter * (2.0 * self.rng() - 1.0)
-        return min(self.maximum, max(0.0, base * factor))
+        return Curve(self.initial, self.maximum).jittered(failures - 1, self.jitter, self.rng())
 
     def on_exit(self, uptime: float) -> float:
         """Record one failed run of ``uptime`` seconds and return the delay before the next start."""

@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+from fullon_ohlcv_service.collectors.backfill import Retry
 from fullon_ohlcv_service.collectors.feed import FeedPublisher, open_feed
 from fullon_ohlcv_service.collectors.ohlcv import CandleCollector
 from fullon_ohlcv_service.collectors.rejects import RejectBook
@@ -28,6 +29,7 @@ from fullon_ohlcv_service.memory import MIB, pending_trades_max
 from fullon_ohlcv_service.metrics.worker import worker_figures
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.ports import ExchangeClient, OhlcvStore, ProcessCache
+from fullon_ohlcv_service.retry import Backoff, retry_transient
 from fullon_ohlcv_service.settings import Settings
 from fullon_ohlcv_service.timeutil import now_ms
 from fullon_ohlcv_service.worker.heartbeat import Heartbeat, LoopLag, Snapshot, SymbolFacts
@@ -74,6 +76,7 @@ class WorkerRuntime:
         self.candles: CandleCollector | None = None
         self.writer: BatchWriter | None = None
         self.feed: FeedPublisher | None = None
+        self.rest: Retry | None = None
         self.lag = LoopLag()
         self.heartbeat: Heartbeat | None = None
         self.client: ExchangeClient | None = None
@@ -140,17 +143,24 @@ class WorkerRuntime:
 
         Returns None when asked to stop first.
         """
-        delay = 0.5
-        while not self.stop.is_set():
-            try:
-                return await stack.enter_async_context(factory())
-            except TransientError as exc:
-                self.errors += 1
-                self.log.warning(f"{what} unavailable; retrying", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), delay)
-                delay = min(delay * 2, 10.0)
-        return None
+        if self.stop.is_set():
+            return None
+
+        def on_error(exc: Exception, wait: float) -> None:
+            self.errors += 1
+            self.log.warning(f"{what} unavailable; retrying", error=str(exc))
+
+        try:
+            return await retry_transient(lambda: stack.enter_async_context(factory()),
+                                         backoff=Backoff(0.5, self.settings.open_backoff_max),
+                                         stop=self.stop.is_set, on_error=on_error, sleep=self._nap)
+        except TransientError:
+            return None  # (raised only once asked to stop)
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
 
     def _client(self) -> ExchangeClient:
         if self._open_client is not None:
@@ -166,17 +176,18 @@ class WorkerRuntime:
                 "errors": 0, "buffer_bytes": 0, "buffer_bytes_max": self.settings.buffer_mb * MIB}
 
     async def _load_markets(self, client: ExchangeClient) -> set[str] | None:
-        delay = 0.5
-        while not self.stop.is_set():
-            try:
-                return await client.load_markets()
-            except TransientError as exc:
-                self.errors += 1
-                self.log.warning("load_markets failed; retrying", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), delay)
-                delay = min(delay * 2, 30.0)
-        return None
+        if self.stop.is_set():
+            return None
+
+        def on_error(exc: Exception, wait: float) -> None:
+            self.errors += 1
+            self.log.warning("load_markets failed; retrying", error=str(exc))
+
+        try:
+            return await retry_transient(client.load_markets, backoff=Backoff(0.5, self.settings.markets_backoff_max),
+                                         stop=self.stop.is_set, on_error=on_error, sleep=self._nap)
+        except TransientError:
+            return None  # (raised only once asked to stop)
 
     @staticmethod
     async def _stop_tasks(*tasks: asyncio.Task[None]) -> None:
@@ -197,12 +208,19 @@ class WorkerRuntime:
                 self.log.error("symbol not listed by the exchange", symbol=sp.symbol)
         writer = self.writer = BatchWriter(
             store, flush_rows=s.flush_rows, flush_interval=s.flush_interval, buffer_rows=s.buffer_rows,
-            backoff_max=min(5.0, s.backoff_max), log=self.log, rejects=self.rejects,
+            backoff_max=s.store_backoff_max, log=self.log, rejects=self.rejects,
             on_commit=self.feed.committed if self.feed is not None else None,
         )
-        trades = self.trades = TradeCollector(client, store, writer, listed, log=self.log, silence=t.silence,
-                                              buffer_bytes_max=s.buffer_mb * MIB)
-        candles = self.candles = CandleCollector(trades, reconcile_every=t.reconcile_every, gap_every=t.gap_every)
+        stream = Backoff(0.25, s.stream_backoff_max)
+        rest = self.rest = Retry(0.25, s.rest_backoff_max, log=self.log)  # every REST call, both collectors
+        trades = self.trades = TradeCollector(
+            client, store, writer, listed, log=self.log, silence=t.silence, buffer_bytes_max=s.buffer_mb * MIB,
+            retry=rest, stream_backoff=stream, poll_backoff=Backoff(0.25, s.poll_backoff_max),
+        )
+        candles = self.candles = CandleCollector(
+            trades.handles(), client, store, writer, retry=rest, log=self.log, reconcile_every=t.reconcile_every,
+            gap_every=t.gap_every, stream_backoff=stream,
+        )
         writer_task = asyncio.create_task(writer.run(), name="writer")
         await self._until_stopped(self._retrying_prepare(trades))
         if self.stop.is_set():
@@ -238,16 +256,11 @@ class WorkerRuntime:
         return lambda: trades.housekeeping(self.tuning.housekeeping_every)
 
     async def _retrying_prepare(self, trades: TradeCollector) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await trades.prepare()
-                return
-            except TransientError as exc:
-                self.errors += 1
-                self.log.warning("store not ready; retrying", error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        def on_error(exc: Exception, wait: float) -> None:
+            self.errors += 1
+            self.log.warning("store not ready; retrying", error=str(exc))
+
+        await retry_transient(trades.prepare, backoff=Backoff(0.5, self.settings.open_backoff_max), on_error=on_error)
 
     async def _until_stopped(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -263,25 +276,17 @@ class WorkerRuntime:
 
     async def _guard(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """Run a collector task; a crash is logged, counted and retried with capped backoff."""
-        delay = 0.5
-        while True:
-            started = time.monotonic()
-            try:
-                await factory()
-                return
-            except asyncio.CancelledError:
-                raise
-            except TransientError as exc:  # a store or exchange outage: the task retries, nothing is broken
-                self.errors += 1
+
+        def on_error(exc: Exception, wait: float) -> None:
+            self.errors += 1
+            if isinstance(exc, TransientError):  # a store or exchange outage: the task retries, nothing is broken
                 self.log.warning("collector interrupted; retrying", task=name, error=f"{type(exc).__name__}: {exc}")
-            except Exception as exc:  # a crashing collector must not take down the rest
-                self.errors += 1
+            else:  # a crashing collector must not take down the rest
                 self.log.exception("collector crashed; restarting", task=name)
                 self._crashed(name, exc)
-            if time.monotonic() - started > 60:
-                delay = 0.5
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+
+        await retry_transient(factory, backoff=Backoff(0.5, self.settings.task_backoff_max), on_error=on_error,
+                              retry_on=(Exception,), healthy_after=60.0)
 
     def _crashed(self, name: str, exc: BaseException) -> None:
         now = time.monotonic()
@@ -322,7 +327,7 @@ class WorkerRuntime:
                                      error=repr(task.exception()))
         if self.trades is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue_open_candles(writer), left())
+                await asyncio.wait_for(self.trades.flush(), left())
         flushed = await writer.drain(left())
         writer_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -335,54 +340,46 @@ class WorkerRuntime:
                              "on the next start", rows=writer.depth, **why)
         return EXIT_OK
 
-    async def _queue_open_candles(self, writer: BatchWriter) -> None:
-        """Candles of minutes the trades already prove closed, and the open minute as provisional."""
-        assert self.trades is not None
-        for run in self.trades.runs.values():
-            if run.error is None:
-                await writer.put_candles(run.symbol, run.builder.provisional())
-
     # ---- heartbeat ------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        tr, wr, cd = self.trades, self.writer, self.candles
+        wr = self.writer
+        tb = self.trades.beats() if self.trades is not None else None
+        cb = self.candles.beats() if self.candles is not None else None
         snap = Snapshot(
             exchange=self.spec.name, pid=os.getpid(), started_ms=self.started_ms,
-            live=tr is not None and tr.live_trades > 0 and any(r.ever_synced for r in tr.runs.values()),
-            behind=wr is not None and wr.behind, failing=self.failing_message(),
+            live=tb is not None and tb.live, behind=wr is not None and wr.behind, failing=self.failing_message(),
             loop_lag_ms=self.lag.take(), errors=self.errors + (wr.write_errors if wr else 0),
         )
-        if tr is not None:
-            snap.reconnects = tr.reconnects
-            if not snap.live and tr.runs and all(r.ever_synced for r in tr.runs.values()):
-                snap.live = True  # quiet symbols: caught up to the live stream with nothing new
-            for sym, run in tr.runs.items():
+        if tb is not None:
+            snap.reconnects = tb.reconnects
+            for sym, b in tb.symbols.items():
                 st = wr.stats_for(sym) if wr else None
                 snap.symbols[sym] = SymbolFacts(
                     last_trade_ms=st.last_trade_ms if st else None,
                     last_final_candle_ms=st.last_final_candle_ms if st else None,
                     trades_stored=st.trades_stored if st else 0,
                     candles_stored=st.candles_stored if st else 0,
-                    backfill_pct=run.backfill_pct,
-                    error=run.error,
+                    backfill_pct=b.backfill_pct,
+                    error=b.error,
                     rejected=self.rejects.counts.get(sym, 0),
-                    synced=run.synced,
-                    ever_synced=run.ever_synced,
-                    rest_errors=run.rest.errors,
-                    last_rest_error=run.rest.last_error,
-                    rest_holding_back=run.rest.holding_back,
+                    synced=b.synced,
+                    ever_synced=b.ever_synced,
+                    rest_errors=b.rest_errors,
+                    last_rest_error=b.last_rest_error,
+                    rest_holding_back=b.rest_holding_back,
                 )
-                snap.errors += run.rest.errors
+                snap.errors += b.rest_errors
         for sym, err in self.unknown.items():
             snap.symbols[sym] = SymbolFacts(error=err)
         if wr is not None:
             snap.buffer_depth = wr.depth
         snap.buffer_bytes_max = self.settings.buffer_mb * MIB
-        if tr is not None:
-            snap.buffer_bytes = tr.buffer_bytes()
-        if cd is not None:
-            snap.gaps_repaired = cd.gaps_repaired
-        snap.figures = worker_figures(self.client, tr, wr)
-        if cd is not None:
+        if tb is not None:
+            snap.buffer_bytes = tb.buffer_bytes
+        if cb is not None:
+            snap.gaps_repaired = cb.gaps_repaired
+        snap.figures = worker_figures(self.client, self.rest, wr)
+        if cb is not None:
             for sym, beat in snap.symbols.items():
-                beat.counters = {"gaps_found": cd.gaps_found_by[sym], "gaps_repaired": cd.gaps_repaired_by[sym]}
+                beat.counters = cb.counters(sym)
         return snap

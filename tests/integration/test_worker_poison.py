@@ -93,8 +93,8 @@ async def test_poison_rows_never_wedge_the_exchange(tmp_path: Path) -> None:
         task = asyncio.create_task(rt.run())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # before: the first poisoned REST page was retried forever
-            run = rt.trades.runs.get(SYM) if rt.trades else None
-            if run is not None and run.ever_synced and len({r for r, _ in clients[0].spliced}) == 7:
+            sb = rt.trades.beats().symbols.get(SYM) if rt.trades else None
+            if sb is not None and sb.ever_synced and len({r for r, _ in clients[0].spliced}) == 7:
                 break
             assert not task.done(), task
             await asyncio.sleep(0.2)

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import pytest
 
 from fullon_ohlcv_service.collectors.backfill import Cursor, PageResult, Retry, page_candles, page_trades
-from fullon_ohlcv_service.collectors.trades import RecentIds, SilencePolicy
+from fullon_ohlcv_service.collectors.sync import RecentIds
+from fullon_ohlcv_service.collectors.trades import SilencePolicy
 from fullon_ohlcv_service.errors import RateLimited
 from fullon_ohlcv_service.models import Candle, Trade
 

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from fullon_ohlcv_service.collectors.backfill import Cursor
-from fullon_ohlcv_service.collectors.trades import RecentIds, SilencePolicy, SymbolRun, TradeCollector
+from fullon_ohlcv_service.collectors.connection import Connection
+from fullon_ohlcv_service.collectors.sync import RecentIds, SymbolSync
+from fullon_ohlcv_service.collectors.trades import SilencePolicy, TradeCollector
 from fullon_ohlcv_service.collectors.writer import BatchWriter
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.models import Candle, SymbolSpec, Trade
@@ -54,10 +56,11 @@ def synced_collector(client: Any, writer: BatchWriter, symbols: list[str]) -> Tr
     col = TradeCollector(cast(Any, client), cast(Any, None), writer, [SymbolSpec(s, backtest_days=0) for s in symbols],
                          log=Log("test"), silence=SilencePolicy(min_s=0.1, max_s=0.1))
     for s in symbols:
-        run = SymbolRun(SymbolSpec(s, backtest_days=0), 0, Cursor(0), RecentIds(10_000, 0))
-        run.synced = run.ever_synced = True
-        col.runs[s] = run
-    col.connected = True
+        sync = SymbolSync(SymbolSpec(s, backtest_days=0), 0, Cursor(0), RecentIds(10_000, 0))
+        sync.start_pass()
+        sync.proved_quiet()
+        col.syncs[s] = sync
+    col.connection.connected = True
     return col
 
 
@@ -72,14 +75,14 @@ async def test_stalled_reading_is_not_silence_and_does_not_unsync() -> None:
     writer = BatchWriter(store, flush_rows=5, flush_interval=0.01, buffer_rows=10)
     col = synced_collector(OneBurst(batch), writer, symbols)
     unsynced: list[str] = []
-    for run in col.runs.values():
-        orig = run.unsync
+    for sync in col.syncs.values():
+        orig = sync.interrupted
 
-        def spy(run: SymbolRun = run, orig: Any = orig) -> None:
-            unsynced.append(run.symbol)
+        def spy(sync: SymbolSync = sync, orig: Any = orig) -> None:
+            unsynced.append(sync.symbol)
             orig()
 
-        run.unsync = spy  # type: ignore[method-assign]
+        sync.interrupted = spy  # type: ignore[method-assign]
     tasks = [asyncio.create_task(writer.run()), asyncio.create_task(col.live_loop())]
     try:
         loop = asyncio.get_running_loop()
@@ -88,7 +91,7 @@ async def test_stalled_reading_is_not_silence_and_does_not_unsync() -> None:
             await col.tick()  # housekeeping runs while the live loop waits on the writer
             await asyncio.sleep(0.05)
         assert not unsynced
-        assert all(r.synced and not r.need_sync.is_set() for r in col.runs.values())
+        assert all(s.synced and not s.interrupted_in_pass for s in col.syncs.values())
         for s in symbols:
             assert [t.id for t in store.trades[s]] == [f"{s}-{i}" for i in range(60)]
         # reading resumed and the socket really is quiet: that is silence, and it is noticed
@@ -106,27 +109,27 @@ async def test_stalled_reading_is_not_silence_and_does_not_unsync() -> None:
 def test_silent_s_counts_only_time_spent_reading() -> None:
     writer = BatchWriter(SlowStore(0.0))
     col = synced_collector(OneBurst([]), writer, ["A/USD", "B/USD"])
-    a, b = col.runs["A/USD"], col.runs["B/USD"]
-    a.last_live_mono, a.blocked_mark = 100.0, col.blocked_s(100.0)
+    a, b = col.syncs["A/USD"], col.syncs["B/USD"]
+    conn = col.connection
+    a.last_live_mono, a.blocked_mark = 100.0, conn.blocked_s(100.0)
     assert col.silent_s(a, 105.0) == 5.0
-    col.reading, col.block_started = False, 105.0  # taking a batch, maybe waiting on the writer
+    conn.reading, conn.block_started = False, 105.0  # taking a batch, maybe waiting on the writer
     assert col.silent_s(a, 200.0) == 5.0  # the 95 s spent not reading are not the exchange's silence
-    col.blocked_total, col.reading = 95.0, True  # resumed at 200
+    conn.blocked_total, conn.reading = 95.0, True  # resumed at 200
     assert col.silent_s(a, 201.0) == 6.0
     # a quiet symbol next to a busy one: batches keep arriving (B's), A's silence still grows
-    b.last_live_mono, b.blocked_mark = 201.0, col.blocked_s(201.0)
+    b.last_live_mono, b.blocked_mark = 201.0, conn.blocked_s(201.0)
     assert col.silent_s(a, 230.0) == 35.0
     assert col.silent_s(b, 230.0) == 29.0
 
 
 def test_the_connection_proves_a_quiet_symbol_only_while_it_flows() -> None:
-    col = TradeCollector(cast(Any, None), cast(Any, None), cast(Any, None), [], log=Log("test"),
-                         subscribe_margin_ms=3000)
-    assert not col.live_proves(10_000)  # never connected
-    col.connected, col.connected_ms, col.newest_live_ts = True, 1_000, 20_000
-    assert col.live_proves(4_000) and col.live_proves(20_000)
-    assert not col.live_proves(3_999)  # within the subscribe margin of the first delivery
-    assert not col.live_proves(20_001)  # past what the socket has delivered: it may be stalled
-    assert not col.live_proves(None)
-    col.connected = False  # dropped: no proof until the next connection delivers
-    assert not col.live_proves(10_000)
+    conn = Connection(subscribe_margin_ms=3000)
+    assert not conn.proves(10_000)  # never connected
+    conn.connected, conn.connected_ms, conn.newest_ts = True, 1_000, 20_000
+    assert conn.proves(4_000) and conn.proves(20_000)
+    assert not conn.proves(3_999)  # within the subscribe margin of the first delivery
+    assert not conn.proves(20_001)  # past what the socket has delivered: it may be stalled
+    assert not conn.proves(None)
+    conn.connected = False  # dropped: no proof until the next connection delivers
+    assert not conn.proves(10_000)

@@ -17,7 +17,8 @@ from typing import Any, cast
 
 from fullon_ohlcv_service.adapters.ccxt_exchange import to_trade
 from fullon_ohlcv_service.collectors.candles import CandleBuilder, candles_from_trades
-from fullon_ohlcv_service.collectors.trades import RecentIds, TradeCollector
+from fullon_ohlcv_service.collectors.sync import RecentIds
+from fullon_ohlcv_service.collectors.trades import TradeCollector
 from fullon_ohlcv_service.collectors.writer import BatchWriter
 from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.memory import (
@@ -160,9 +161,9 @@ async def test_at_the_bound_live_buffers_shed_their_oldest_trades_and_rest_fetch
                          [SymbolSpec(s, backtest_days=0) for s in symbols], log=Log("test"),
                          recent_size=1_000, buffer_bytes_max=budget)
     await col.prepare()
-    for run in col.runs.values():  # history starts at t0
-        run.cursor.ts = run.recent.floor = t0 - 1
-        run.history_start = run.built_from = run.cov_to = t0
+    for sync in col.syncs.values():  # history starts at t0
+        sync.cursor.ts = sync.recent.floor = t0 - 1
+        sync.history_start = sync.built_from = sync.cov_to = t0
     rng = random.Random(11)
     most = 0
     tasks: list[asyncio.Task[None]] = []
@@ -191,10 +192,10 @@ async def test_at_the_bound_live_buffers_shed_their_oldest_trades_and_rest_fetch
                 await col.tick()
         assert col.shed_trades > 0, "the budget must have been reached"
         for _ in range(2_000):  # the market goes quiet: every catch-up meets its live buffer
-            if all(r.synced for r in col.runs.values()):
+            if all(r.synced for r in col.syncs.values()):
                 break
             await asyncio.sleep(0.01)
-        assert all(r.synced for r in col.runs.values()), {s: len(r.live_buf) for s, r in col.runs.items()}
+        assert all(r.synced for r in col.syncs.values()), {s: len(r.live_buf) for s, r in col.syncs.items()}
         await col.tick()
         await asyncio.wait_for(writer.wait_committed(), 10)
     finally:
@@ -204,8 +205,8 @@ async def test_at_the_bound_live_buffers_shed_their_oldest_trades_and_rest_fetch
     for s in symbols:
         made = market.trades[s]
         assert sorted(store.trades[s]) == sorted(t.id for t in made), s  # every trade, once
-        run = col.runs[s]
-        final_to = run.builder.final_to
+        sync = col.syncs[s]
+        final_to = sync.builder.final_to
         assert final_to is not None and final_to > t0
         want = {c.ts: c for c in candles_from_trades(made) if c.ts + MINUTE_MS <= final_to}
         got = {ts: c for ts, c in store.candles[s].items() if c.final and ts + MINUTE_MS <= final_to}
