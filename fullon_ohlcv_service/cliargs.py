@@ -83,3 +83,26 @@ def time_ms(text: str) -> int:
 
 def _short(text: str) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
+
+
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of the collection itself, shared by ``ohlcv-worker`` and ``ohlcv-supervisor`` (for every worker)."""
+    from fullon_ohlcv_service.memory import MIN_BUFFER_MB
+    from fullon_ohlcv_service.settings import COUNTS
+
+    g = parser.add_argument_group("collection (each worker)")
+    g.add_argument("--flush-rows", type=count(*COUNTS["flush_rows"]), metavar="N",
+                   help="rows per write batch (default 1000)")
+    g.add_argument("--flush-interval", type=seconds(), metavar="S",
+                   help="max seconds a row waits before a flush (default 0.25)")
+    g.add_argument("--buffer-rows", type=count(*COUNTS["buffer_rows"]), metavar="N",
+                   help="rows buffered before reading pauses (default 50000)")
+    g.add_argument("--buffer-mb", type=count(MIN_BUFFER_MB, 1 << 20), metavar="MB",
+                   help="memory bound of each worker's buffers, all its symbols together (default 128)")
+    g.add_argument("--silence-min", type=seconds(), metavar="S",
+                   help="shortest silence (s) that triggers a REST catch-up (default 3)")
+    g.add_argument("--gap-check", type=seconds(), metavar="S", help="seconds between candle gap checks (default 60)")
+    g.add_argument("--reconcile", type=seconds(), metavar="S",
+                   help="seconds between REST reconciliations of the last final candles (default 60)")
+    g.add_argument("--no-native-ohlcv", dest="native_ohlcv", action="store_const", const=False,
+                   help="do not watch the exchange's live candles (candles then come from trades and REST only)")

@@ -469,24 +469,6 @@ def add_feed_args(parser: argparse.ArgumentParser) -> None:
                    help="OHLCVCache symbol: qualified kraken:BTCUSD (default) or bare BTCUSD (one exchange only)")
 
 
-def add_worker_args(parser: argparse.ArgumentParser) -> None:
-    """Flags of the collection itself, shared by ``ohlcv-worker`` and ``ohlcv-supervisor`` (for every worker)."""
-    g = parser.add_argument_group("collection (each worker)")
-    g.add_argument("--flush-rows", type=int, metavar="N", help="rows per write batch (default 1000)")
-    g.add_argument("--flush-interval", type=float, metavar="S", help="max seconds a row waits before a flush "
-                   "(default 0.25)")
-    g.add_argument("--buffer-rows", type=int, metavar="N", help="rows buffered before reading pauses (default 50000)")
-    g.add_argument("--buffer-mb", type=int, metavar="MB",
-                   help="memory bound of each worker's buffers, all its symbols together (default 128)")
-    g.add_argument("--silence-min", type=float, metavar="S",
-                   help="shortest silence (s) that triggers a REST catch-up (default 3)")
-    g.add_argument("--gap-check", type=float, metavar="S", help="seconds between candle gap checks (default 60)")
-    g.add_argument("--reconcile", type=float, metavar="S",
-                   help="seconds between REST reconciliations of the last final candles (default 60)")
-    g.add_argument("--no-native-ohlcv", dest="native_ohlcv", action="store_const", const=False,
-                   help="do not watch the exchange's live candles (candles then come from trades and REST only)")
-
-
 _NAME_RE = re.compile(r"^[a-z_]+$")
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from fullon_ohlcv_service import log
-from fullon_ohlcv_service.cliargs import OneLineParser, count, seconds
+from fullon_ohlcv_service.cliargs import OneLineParser, add_worker_args, count, seconds
 from fullon_ohlcv_service.errors import ConfigError, OhlcvError, StoreUnavailable
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.settings import (
@@ -19,7 +19,6 @@ from fullon_ohlcv_service.settings import (
     Settings,
     add_common_args,
     add_feed_args,
-    add_worker_args,
     settings_from_args,
 )
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from fullon_ohlcv_service.cliargs import OneLineParser, seconds
+from fullon_ohlcv_service.cliargs import OneLineParser, add_worker_args, seconds
 from fullon_ohlcv_service.errors import ConfigError
 from fullon_ohlcv_service.models import ExchangeSpec
 from fullon_ohlcv_service.settings import (
     Settings,
     add_common_args,
     add_feed_args,
-    add_worker_args,
     settings_from_args,
 )
 
