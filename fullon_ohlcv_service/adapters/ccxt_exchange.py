@@ -386,7 +386,7 @@ class _ProHooks(_ParseHooks):
 
     def client(self, url: str) -> Any:
         client = super().client(url)  # type: ignore[misc]
-        if not getattr(client, "_ohlcv_guarded", False):
+        if not getattr(client, "ohlcv_guarded", False):
             inner = client.handle_text_or_binary_message
             owner = self
 
@@ -400,7 +400,7 @@ class _ProHooks(_ParseHooks):
                     hook(client, exc)
 
             client.handle_text_or_binary_message = guarded
-            client._ohlcv_guarded = True
+            client.ohlcv_guarded = True
         return client
 
     def on_error(self, client: Any, error: Any) -> None:

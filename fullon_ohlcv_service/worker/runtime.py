@@ -362,7 +362,7 @@ class WorkerRuntime:
                     candles_stored=st.candles_stored if st else 0,
                     backfill_pct=b.backfill_pct,
                     error=b.error,
-                    rejected=self.rejects.counts.get(sym, 0),
+                    rejected=self.rejects.count(sym),
                     synced=b.synced,
                     ever_synced=b.ever_synced,
                     rest_errors=b.rest_errors,
