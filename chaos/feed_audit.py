@@ -127,9 +127,9 @@ class _Run(Protocol):
     planned_down: list[tuple[str, float, float]]
     redis: PrivateRedis | None  # the run's private Redis (the cache), when it has one
 
-    def _audit_targets(self) -> list[tuple[Any, int]]: ...
+    def audit_targets(self) -> list[tuple[Any, int]]: ...
 
-    def _export(self, ex: str, sym: str, kind: str, since: int, until: int) -> list[dict[str, Any]]: ...
+    def export(self, ex: str, sym: str, kind: str, since: int, until: int) -> list[dict[str, Any]]: ...
 
 
 class FeedCheck:
@@ -176,7 +176,7 @@ class FeedCheck:
         client = redis.Redis.from_url(self.url)
         try:
             by_exchange: dict[str, tuple[dict[str, list[Trade]], dict[str, list[Gap]]]] = {}
-            for plan, first in run._audit_targets():
+            for plan, first in run.audit_targets():
                 ex, sym = plan.exchange, plan.symbol
                 if ex not in by_exchange:
                     by_exchange[ex] = self._read_trades(client, ex)
@@ -184,9 +184,9 @@ class FeedCheck:
                 since, until = audit.trade_window(first, run.opts.backtest_days, run.stop_ms,
                                                   slack_ms=run.opts.slack_ms, margin_ms=run.opts.margin_ms)
                 res = FeedResult(ex, sym, since, exempt_before=exempt)
-                stored = [audit.export_trade(d) for d in run._export(ex, sym, "trades", since, until)]
+                stored = [audit.export_trade(d) for d in run.export(ex, sym, "trades", since, until)]
                 audit_trades(res, stored, published.get(sym, []), gaps.get(sym, []), until)
-                rows = run._export(ex, sym, "candles", since, run.stop_ms + 86_400_000)
+                rows = run.export(ex, sym, "candles", since, run.stop_ms + 86_400_000)
                 finals = [audit.export_candle(d) for d in rows]
                 raw = client.lrange(list_key(ex, sym), 0, -1)
                 audit_bars(res, finals, [json.loads(b) for b in raw])  # type: ignore[union-attr]

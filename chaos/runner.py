@@ -658,7 +658,7 @@ class ChaosRun:
                                   f"({', '.join(odd)}; see the supervisor log)")
         return out
 
-    def _audit_targets(self) -> list[tuple[SymbolPlan, int]]:
+    def audit_targets(self) -> list[tuple[SymbolPlan, int]]:
         """Each audited symbol with the wall time its first worker started (the base of its window)."""
         targets: list[tuple[SymbolPlan, int]] = []
         for s in self.symbols:
@@ -683,7 +683,7 @@ class ChaosRun:
         self._end_faults()
         restart = now_ms()
         need: dict[tuple[str, str], int] = {}
-        for s, _ in self._audit_targets():
+        for s, _ in self.audit_targets():
             last = self._last_true_trade(s.exchange, s.symbol, restart)
             if last is not None:
                 need[(s.exchange, s.symbol)] = last
@@ -707,7 +707,7 @@ class ChaosRun:
         q = urllib.parse.urlencode({"exchange": ex, "symbol": sym, "since": since, "until": until})
         return [audit.truth_candle(r) for r in self._http("GET", f"/_sim/candles?{q}", timeout=120)]
 
-    def _export(self, ex: str, sym: str, kind: str, since: int, until: int) -> list[dict[str, Any]]:
+    def export(self, ex: str, sym: str, kind: str, since: int, until: int) -> list[dict[str, Any]]:
         """The stored rows, through ``ohlcv-export``; a store that fails (exit 1) is retried a few times."""
         for attempt in range(EXPORT_ATTEMPTS):
             proc = self._cmd("ohlcv-export", ex, sym, "--kind", kind, "--since", str(since), "--until", str(until),
@@ -725,15 +725,15 @@ class ChaosRun:
 
     def _audit(self) -> list[SymbolResult]:
         results: list[SymbolResult] = []
-        targets = self._audit_targets()
+        targets = self.audit_targets()
         for s, first in targets:
             since, until = audit.trade_window(first, self.opts.backtest_days, self.stop_ms,
                                               slack_ms=self.opts.slack_ms, margin_ms=self.opts.margin_ms)
             truth = self._truth_trades(s.exchange, s.symbol, since, until)
-            stored = [audit.export_trade(d) for d in self._export(s.exchange, s.symbol, "trades", since, until)]
+            stored = [audit.export_trade(d) for d in self.export(s.exchange, s.symbol, "trades", since, until)]
             c_until = audit.candle_window_end(since, until, truth)
             truth_c = self._truth_candles(s.exchange, s.symbol, since, c_until) if c_until > since else []
-            stored_c = ([audit.export_candle(d) for d in self._export(s.exchange, s.symbol, "candles", since, c_until)]
+            stored_c = ([audit.export_candle(d) for d in self.export(s.exchange, s.symbol, "candles", since, c_until)]
                         if c_until > since else [])
             res = SymbolResult(s.exchange, s.symbol, audit.Window(since, until, c_until),
                                audit.audit_trades(truth, stored), audit.audit_candles(truth_c, stored_c),

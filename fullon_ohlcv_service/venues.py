@@ -53,8 +53,8 @@ class Capabilities:
 
     # websocket
     native_ohlcv: bool = True  # streams 1m candles (ccxt watch_ohlcv); they only ever write provisional rows
-    closed_candle_flag: bool = False  # a candle update says its minute closed (Binance kline `x`); without it a
-    #                                   minute is closed by the first update of a later one
+    closed_candle_flag: bool = False  # informational: a candle update says its minute closed (Binance kline `x`).
+    #                                   Not read: final candles come from trades and REST, never from the stream
     trade_snapshot: bool = False  # the trade channel sends recent trades on subscribe, as ccxt subscribes
     trade_snapshot_size: int | None = None  # trades in that snapshot when one is sent (or asked for)
     ws_symbols_per_subscribe: int | None = None  # symbols one ccxt subscribe call accepts

@@ -42,10 +42,9 @@ capability table (``venues.py``); nothing here tests the exchange's name.
 - A websocket drop fails the pending watch with TransientError; a drop while no watch was pending
   (the caller was busy storing) is reported by the next call of each kind of watch, once, so the
   caller always knows to catch up. The call after that reconnects and resubscribes (ccxt).
-- ``watch_ohlcv`` finality: Binance's kline ``x`` flag is captured from the raw frame (ccxt drops
-  it); on both exchanges a candle is also final once an update for a later minute arrives (Kraken
-  has no closed flag). The previous minute is then re-emitted with ``final=True``. A candle seen
-  before a websocket error is never finalised from the stream (it may have missed updates).
+- ``watch_ohlcv`` returns provisional candles only (``final=False``), the latest update of each minute:
+  a final 1m candle is built from the trade stream or read over REST (docs/architecture.md §7, "Candles"),
+  so the stream's own closing signals (Binance's kline ``x``, Kraken's next-minute update) are not used.
 - Every trade and candle is validated here (``validation.py``) before it becomes a model, on REST and
   websocket alike. A refused row goes to the RejectSink given at construction and is never returned; it
   never fails its page or frame (see ``_ParseHooks`` for what ccxt does with bad values), and REST
@@ -61,7 +60,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import dataclasses
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -381,15 +379,14 @@ class _ParseHooks:
 
 
 class _ProHooks(_ParseHooks):
-    """Mixed into the ccxt.pro class: guards frame parsing and keeps Binance's kline ``x`` flag."""
+    """Mixed into the ccxt.pro class: guards frame parsing and reports disconnects."""
 
     ohlcv_frame_error: Callable[[Any, BaseException], None] | None = None
     ohlcv_disconnect: Callable[[Any], None] | None = None
-    kline_closed: dict[str, dict[int, bool]] | None = None
 
     def client(self, url: str) -> Any:
         client = super().client(url)  # type: ignore[misc]
-        if not getattr(client, "_ohlcv_guarded", False):
+        if not getattr(client, "ohlcv_guarded", False):
             inner = client.handle_text_or_binary_message
             owner = self
 
@@ -403,7 +400,7 @@ class _ProHooks(_ParseHooks):
                     hook(client, exc)
 
             client.handle_text_or_binary_message = guarded
-            client._ohlcv_guarded = True
+            client.ohlcv_guarded = True
         return client
 
     def on_error(self, client: Any, error: Any) -> None:
@@ -415,21 +412,6 @@ class _ProHooks(_ParseHooks):
         super().on_close(client, error)  # type: ignore[misc]
         if self.ohlcv_disconnect is not None:
             self.ohlcv_disconnect(error)
-
-    def handle_ohlcv(self, client: Any, message: Any) -> None:
-        super().handle_ohlcv(client, message)  # type: ignore[misc]
-        kline = message.get("k") if isinstance(message, dict) else None
-        if self.kline_closed is None or not isinstance(kline, dict) or "x" not in kline:
-            return
-        symbol = self.safe_symbol(kline.get("s"), None, None, "spot")  # type: ignore[attr-defined]
-        minute = kline.get("t")
-        if symbol is None or isinstance(minute, bool) or not isinstance(minute, int):
-            return  # a kline without a usable time: its candle is refused by validation
-        flags = self.kline_closed.setdefault(symbol, {})
-        flags[minute] = kline["x"] is True
-        if len(flags) > 16:  # keep the last few minutes only
-            for ts in sorted(flags)[:-8]:
-                del flags[ts]
 
 
 # the HTTP status of the request in flight in this task (ccxt's on_rest_response sees it, fetch's caller does not)
@@ -504,16 +486,6 @@ def _rest_class(name: str) -> Any:
     return type(f"{name}_ohlcv_rest", (_RestHooks, _ParseHooks, base), {})
 
 
-class _OhlcvState:
-    """Per-symbol live candle state: the newest minute seen and its not-yet-final candle."""
-
-    __slots__ = ("newest", "open")
-
-    def __init__(self) -> None:
-        self.newest = -1
-        self.open: Candle | None = None
-
-
 # --------------------------------------------------------------------------- the adapter
 
 
@@ -545,8 +517,6 @@ class CcxtExchange:
         self._watched: frozenset[str] = frozenset()
         self._frame_seen: dict[str, int] = {}
         self._told: set[str] = set()  # kinds of watch told of an interruption and not called since
-        self._ohlcv: dict[str, _OhlcvState] = {}
-        self._kline_closed: dict[str, dict[int, bool]] = {}
         self._closing = False
 
     # ---- lifecycle
@@ -561,7 +531,6 @@ class CcxtExchange:
             raise ExchangeUnsupported(f"exchange {self.name!r} cannot be set up: {classify(exc)}") from exc
         self._pro.ohlcv_frame_error = self._on_frame_error
         self._pro.ohlcv_disconnect = self._on_disconnect
-        self._pro.kline_closed = self._kline_closed
         self.log.debug("ccxt clients created", simulator=redact_url(self.simulator or ""),
                        rate_limit=self.config.get("enableRateLimit"))
         return self
@@ -895,36 +864,28 @@ class CcxtExchange:
         return [(s, t) for s, t in out if s in wanted]
 
     async def watch_ohlcv(self, symbol: str) -> list[Candle]:
-        """The next live 1m candle updates for ``symbol``, oldest first.
-
-        A candle is final on Binance's closed flag, or once a later minute's update arrives; the
-        newly closed minute is then re-emitted with ``final=True``.
+        """The next live 1m candle updates for ``symbol``, oldest first: the latest update of each minute,
+        always provisional (``final=False``; a final candle comes from trades or REST, never from the stream).
         """
         await self._market(symbol)
         _, pro = self._clients()
-        state = self._ohlcv.setdefault(symbol, _OhlcvState())
         kind = f"ohlcv:{symbol}"
-        try:
-            self._check_events(kind)
-        except TransientError:
-            state.open = None
-            raise
+        self._check_events(kind)
         try:
             rows = await pro.watch_ohlcv(symbol, "1m")
-            latest: dict[int, Candle] = {}  # one version per minute: the last (a final one comes last)
+            latest: dict[int, Candle] = {}  # one version per minute: the last
             refused: list[Any] = []
             for row in rows:
-                out = self._live_candle(symbol, state, row)
-                if not out:
+                candle = self._live_candle(symbol, row)
+                if candle is None:
                     refused.append(row)
-                for candle in out:
+                else:
                     latest[candle.ts] = candle
             if refused:
                 self._evict_candles(symbol, refused)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            state.open = None  # it may have missed updates: never finalise it from the stream
             self._frame_seen[kind] = self._events()
             self._told.add(kind)
             raise classify(exc) from exc
@@ -946,21 +907,10 @@ class CcxtExchange:
             if index.get(key) is row:
                 del index[key]
 
-    def _live_candle(self, symbol: str, state: _OhlcvState, row: Sequence[Any]) -> list[Candle]:
-        candle = candle_or_reject(row, True, now_ms())  # final=True for now; decided below
+    def _live_candle(self, symbol: str, row: Sequence[Any]) -> Candle | None:
+        """A live row -> a provisional Candle, or None when it is refused (it went to the reject sink)."""
+        candle = candle_or_reject(row, False, now_ms())
         if isinstance(candle, Reject):
-            self._reject(symbol, [candle])  # never moves the stream's newest minute
-            return []
-        ts = candle.ts
-        closed = self._kline_closed.get(symbol, {}).get(ts, False)
-        out: list[Candle] = []
-        if ts < state.newest:
-            return [candle]  # a late update for a minute already passed: it is closed
-        if ts > state.newest and state.open is not None:
-            out.append(dataclasses.replace(state.open, final=True))
-            state.open = None
-        state.newest = ts
-        live = Candle(ts, candle.open, candle.high, candle.low, candle.close, candle.volume, closed)
-        state.open = None if closed else live
-        out.append(live)
-        return out
+            self._reject(symbol, [candle])
+            return None
+        return candle

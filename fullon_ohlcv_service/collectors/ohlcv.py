@@ -150,10 +150,10 @@ class CandleCollector:
         """Native websocket OHLC for the forming minute, written as provisional only.
 
         The exchange's live candle is the freshest view of the open minute, so it is stored while
-        that minute is open for us (at or after the trade builder's final boundary). Its own
-        finality (Binance's ``x`` flag, Kraken's next-minute update) is advisory: a final 1m row is
-        written only from the complete trade stream or from REST, so a socket that missed updates
-        can never leave a wrong final candle behind.
+        that minute is open for us (at or after the trade builder's final boundary). The stream's
+        closing signals (Binance's ``x`` flag, Kraken's next-minute update) are not used: a final 1m
+        row is written only from the complete trade stream or from REST, so a socket that missed
+        updates can never leave a wrong final candle behind.
         """
         run = self.symbols[symbol]
 

@@ -43,6 +43,10 @@ class RejectBook:
         self._held: list[tuple[str, list[Reject]]] = []
         self._held_rows = 0
 
+    def count(self, symbol: str) -> int:
+        """Rows of ``symbol`` refused so far (each distinct row once)."""
+        return self.counts.get(symbol, 0)
+
     def attach(self, sink: Callable[[str, Sequence[Reject]], None]) -> None:
         """Send rejects to ``sink`` from now on (and those held until now)."""
         self._sink = sink

@@ -7,6 +7,7 @@ reject store; the rest of the batch is committed. Only a store that is unavailab
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -46,6 +47,24 @@ class SymbolStats:
     last_trade_ms: int | None = None
     last_final_candle_ms: int | None = None
     coverage_to: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriterBeats:
+    """The writer's facts for the heartbeat and the shutdown log, at one instant (``BatchWriter.beats()``)."""
+
+    depth: int  # rows queued and not yet committed
+    behind: bool  # the store is failing or the queue is more than half full
+    write_errors: int  # failed write attempts so far
+    batches: int  # batches committed so far
+    last_error: str | None  # the last write failure, one line
+    symbols: Mapping[str, SymbolStats]  # what has been committed per symbol (copies)
+    commit_seconds: Histogram  # per committed batch (the live histogram, for /metrics)
+    emit_to_commit_seconds: Histogram  # per live trade: exchange time -> commit (the live histogram)
+
+    def stats(self, symbol: str) -> SymbolStats:
+        """What has been committed for ``symbol`` (zeros when nothing has)."""
+        return self.symbols.get(symbol) or SymbolStats()
 
 
 # One queued operation: (kind, symbol, payload, rows, seq, enqueued_at)
@@ -148,6 +167,14 @@ class BatchWriter:
     @property
     def last_seq(self) -> int:
         return self._seq
+
+    def beats(self) -> WriterBeats:
+        """What the heartbeat reports about the writer now."""
+        return WriterBeats(
+            depth=self._rows, behind=self.behind, write_errors=self.write_errors, batches=self.batches,
+            last_error=self.last_error, symbols={sym: dataclasses.replace(st) for sym, st in self.stats.items()},
+            commit_seconds=self.commit_seconds, emit_to_commit_seconds=self.emit_to_commit_seconds,
+        )
 
     def stats_for(self, symbol: str) -> SymbolStats:
         st = self.stats.get(symbol)

@@ -8,11 +8,11 @@ from fullon_ohlcv_service.metrics.figures import RestCounters, WorkerFigures
 
 if TYPE_CHECKING:
     from fullon_ohlcv_service.collectors.backfill import Retry
-    from fullon_ohlcv_service.collectors.writer import BatchWriter
+    from fullon_ohlcv_service.collectors.writer import WriterBeats
     from fullon_ohlcv_service.ports import ExchangeClient
 
 
-def worker_figures(client: ExchangeClient | None, rest: Retry | None, writer: BatchWriter | None) -> WorkerFigures:
+def worker_figures(client: ExchangeClient | None, rest: Retry | None, writer: WriterBeats | None) -> WorkerFigures:
     """The figures of this worker life so far: the adapter's REST counters (when it keeps them, as the
     ccxt adapter does), the collectors' backoffs after a 429, and the writer's histograms."""
     fig = WorkerFigures()

@@ -332,17 +332,18 @@ class WorkerRuntime:
         writer_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer_task
+        wb = writer.beats()
         if flushed:
-            self.log.info("stopped; buffers flushed", batches=writer.batches)
+            self.log.info("stopped; buffers flushed", batches=wb.batches)
         else:
-            why = {"error": writer.last_error} if writer.last_error else {}
+            why = {"error": wb.last_error} if wb.last_error else {}
             self.log.warning("stopped with rows not committed (store unavailable); they are re-fetched from REST "
-                             "on the next start", rows=writer.depth, **why)
+                             "on the next start", rows=wb.depth, **why)
         return EXIT_OK
 
     # ---- heartbeat ------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        wr = self.writer
+        wr = self.writer.beats() if self.writer is not None else None
         tb = self.trades.beats() if self.trades is not None else None
         cb = self.candles.beats() if self.candles is not None else None
         snap = Snapshot(
@@ -353,7 +354,7 @@ class WorkerRuntime:
         if tb is not None:
             snap.reconnects = tb.reconnects
             for sym, b in tb.symbols.items():
-                st = wr.stats_for(sym) if wr else None
+                st = wr.stats(sym) if wr else None
                 snap.symbols[sym] = SymbolFacts(
                     last_trade_ms=st.last_trade_ms if st else None,
                     last_final_candle_ms=st.last_final_candle_ms if st else None,
@@ -361,7 +362,7 @@ class WorkerRuntime:
                     candles_stored=st.candles_stored if st else 0,
                     backfill_pct=b.backfill_pct,
                     error=b.error,
-                    rejected=self.rejects.counts.get(sym, 0),
+                    rejected=self.rejects.count(sym),
                     synced=b.synced,
                     ever_synced=b.ever_synced,
                     rest_errors=b.rest_errors,

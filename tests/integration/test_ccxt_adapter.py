@@ -278,27 +278,38 @@ async def test_malformed_frames_do_not_kill_the_stream(sim: Simulator, name: str
         assert _check_live(sim, name, got, since) > 5
 
 
+def _prefix_of(c: Candle, truth: list[float]) -> bool:
+    """A live update is what the minute held so far: its open, within its range, no more volume."""
+    ts, o, h, lo, _, v = truth
+    return c.ts == ts and c.open == pytest.approx(o) and lo - 1e-9 <= c.low <= c.high <= h + 1e-9 \
+        and lo - 1e-9 <= c.close <= h + 1e-9 and 0 < c.volume <= v + 1e-9
+
+
 @pytest.mark.parametrize("name", EXCHANGES)
-async def test_watch_ohlcv_finalises_closed_minutes(name: str) -> None:
+async def test_watch_ohlcv_is_provisional_and_equals_truth(name: str) -> None:
+    """Live candles are provisional only (final ones come from trades and REST, even on Binance's closed
+    kline); each update is the forming minute's truth so far, and a minute's last update is its truth."""
     clock = ScaledClock(40.0)  # a minute every 1.5 s
     symbols = {name: SYMBOLS[name][:1]}
     async with Simulator(seed=5, symbols=symbols, history_days=0.01, clock=clock, tick_s=0.02) as s, \
             CcxtExchange(ExchangeSpec(name=name), simulator=s.url) as ex:
         symbol = s.symbols(name)[0]
         start = s.now()
-        finals: dict[int, Candle] = {}
-        provisional = 0
+        updates: list[Candle] = []
         end = time.monotonic() + 5
         while time.monotonic() < end:
-            for c in await asyncio.wait_for(ex.watch_ohlcv(symbol), 10):
-                if c.final:
-                    finals[c.ts] = c
-                else:
-                    provisional += 1
-        live = {ts: c for ts, c in finals.items() if ts > start}  # minutes that opened while we watched
-        assert len(live) >= 1 and provisional >= 3
-        truth = {row[0]: row for row in s.candles(name, symbol, start - MINUTE, s.now())}
-        for ts, c in live.items():
-            assert [c.ts, c.open, c.high, c.low, c.close, c.volume] == pytest.approx(truth[ts])
-        if name == "binance":  # the kline `x` flag reached us through ccxt's parsed frames
-            assert any(ex._kline_closed.get(symbol, {}).values())
+            got = await asyncio.wait_for(ex.watch_ohlcv(symbol), 10)
+            assert [c.ts for c in got] == sorted({c.ts for c in got})  # one version per minute, oldest first
+            updates += got
+        newest = max(c.ts for c in updates)
+        await asyncio.sleep(max(0, newest + MINUTE - s.now()) / 40_000 + 0.2)  # every minute seen has closed
+        assert s.now() >= newest + MINUTE  # so its truth is known
+        truth = {row[0]: row for row in s.candles(name, symbol, min(c.ts for c in updates), s.now())}
+    assert updates and not any(c.final for c in updates)
+    assert all(_prefix_of(c, truth[c.ts]) for c in updates), [c for c in updates if not _prefix_of(c, truth[c.ts])]
+    last = {c.ts: c for c in updates}
+    closed = [ts for ts in sorted(last) if start < ts < newest]  # opened while we watched, and a later one came
+    assert len(closed) >= 1 and len(updates) >= 3
+    for ts in closed:
+        c = last[ts]
+        assert [c.ts, c.open, c.high, c.low, c.close, c.volume] == pytest.approx(truth[ts])

@@ -158,7 +158,7 @@ async def test_watch_trades_equals_truth(sim: Simulator, exchange: str) -> None:
 
 
 @pytest.mark.parametrize("exchange", ["kraken", "binance"])
-async def test_watch_ohlcv_final_values_equal_truth(fast_sim: Simulator, exchange: str) -> None:
+async def test_watch_ohlcv_last_update_of_each_minute_equals_truth(fast_sim: Simulator, exchange: str) -> None:
     ex = _pro(fast_sim, exchange)
     symbol = BUSY[exchange]
     latest: dict[int, list[float]] = {}
@@ -171,7 +171,8 @@ async def test_watch_ohlcv_final_values_equal_truth(fast_sim: Simulator, exchang
                 latest[c[0]] = c
     finally:
         await ex.close()
-    # a minute is final once a later minute was seen: updates go out in trade order
+    # raw ccxt against the simulator: updates go out in trade order, so the last update of a minute a later
+    # minute followed holds every trade of it
     closed = [latest[ts] for ts in sorted(latest) if start - start % BUCKET_MS < ts < max(latest)]
     first = closed[0][0]
     assert len(closed) >= 1

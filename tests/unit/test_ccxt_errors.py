@@ -157,27 +157,17 @@ def test_to_candle_finality_from_the_clock() -> None:
         cx.to_candle([1, 1, 1, None, 1, 1], 0)
 
 
-def test_live_candle_final_once_a_later_minute_arrives() -> None:
+def test_live_candle_is_always_provisional() -> None:
     ex = cx.CcxtExchange(ExchangeSpec(name="kraken"))
-    st = cx._OhlcvState()
     m0, m1 = 1_700_000_040_000, 1_700_000_100_000
-    out = ex._live_candle("BTC/USD", st, [m0, 1, 2, 1, 2, 5])
-    assert out == [Candle(m0, 1, 2, 1, 2, 5, final=False)]
-    out = ex._live_candle("BTC/USD", st, [m0, 1, 3, 1, 3, 6])
-    assert out == [Candle(m0, 1, 3, 1, 3, 6, final=False)]
-    out = ex._live_candle("BTC/USD", st, [m1, 3, 3, 3, 3, 1])
-    assert out == [Candle(m0, 1, 3, 1, 3, 6, final=True), Candle(m1, 3, 3, 3, 3, 1, final=False)]
-
-
-def test_live_candle_binance_closed_flag() -> None:
-    ex = cx.CcxtExchange(ExchangeSpec(name="binance"))
-    st = cx._OhlcvState()
-    m0, m1 = 1_700_000_040_000, 1_700_000_100_000
-    ex._kline_closed["BTC/USDT"] = {m0: True}
-    out = ex._live_candle("BTC/USDT", st, [m0, 1, 2, 1, 2, 5])
-    assert out == [Candle(m0, 1, 2, 1, 2, 5, final=True)]
-    out = ex._live_candle("BTC/USDT", st, [m1, 2, 2, 2, 2, 1])  # m0 already final: not re-emitted
-    assert out == [Candle(m1, 2, 2, 2, 2, 1, final=False)]
+    assert ex._live_candle("BTC/USD", [m0, 1, 2, 1, 2, 5]) == Candle(m0, 1, 2, 1, 2, 5, final=False)
+    # a later minute does not make the earlier one final, nor does a late update of a minute already passed
+    assert ex._live_candle("BTC/USD", [m1, 3, 3, 3, 3, 1]) == Candle(m1, 3, 3, 3, 3, 1, final=False)
+    assert ex._live_candle("BTC/USD", [m0, 1, 3, 1, 3, 6]) == Candle(m0, 1, 3, 1, 3, 6, final=False)
+    old = m0 - 600 * 60_000  # a minute long closed: still provisional
+    assert ex._live_candle("BTC/USD", [old, 1, 1, 1, 1, 1]) == Candle(old, 1, 1, 1, 1, 1, final=False)
+    assert ex._live_candle("BTC/USD", [m1, 1, 1, 2, 1, 1]) is None  # low above high: refused
+    assert ex.rejected == 1
 
 
 # ---------------------------------------------------------------- ccxt.pro hooks (real ccxt objects, no network)
@@ -201,7 +191,7 @@ async def test_frame_guard_keeps_ccxt_reading_and_reports_once() -> None:
         ex._check_events("ohlcv:ETH/USD")  # a watcher that starts later is not told about old frames
 
 
-async def test_binance_kline_closed_flag_is_captured() -> None:
+async def test_binance_closed_kline_is_parsed_and_stays_provisional() -> None:
     async with cx.CcxtExchange(ExchangeSpec(name="binance")) as ex:
         ex._pro.set_markets([{
             "id": "BTCUSDT", "symbol": "BTC/USDT", "base": "BTC", "quote": "USDT", "baseId": "BTC",
@@ -213,7 +203,9 @@ async def test_binance_kline_closed_flag_is_captured() -> None:
             "h": "2", "l": "1", "v": "3", "n": 2, "x": True}}
         client.handle_text_or_binary_message(json.dumps(frame))
         assert ex.malformed_frames == 0
-        assert ex._kline_closed == {"BTC/USDT": {1_700_000_040_000: True}}
+        rows = list(ex._pro.ohlcvs["BTC/USDT"]["1m"])
+        assert [ex._live_candle("BTC/USDT", row) for row in rows] == [
+            Candle(1_700_000_040_000, 1, 2, 1, 2, 3, final=False)]  # closed by `x`: final comes from trades
 
 
 async def test_methods_raise_only_our_errors_when_not_open() -> None:

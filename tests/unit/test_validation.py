@@ -143,6 +143,7 @@ def test_reject_book_counts_each_row_once_and_logs_at_most_once_a_minute(caplog:
     book.reject("BTC/USD", [r("1", "amount negative")])  # another reason is another reject
     book.reject("ETH/USD", [r("1")])  # per symbol
     assert book.counts == {"BTC/USD": 4, "ETH/USD": 1}
+    assert (book.count("BTC/USD"), book.count("ETH/USD"), book.count("SOL/USD")) == (4, 1, 0)
     assert [(s, x.ref, x.reason) for s, x in stored] == [
         ("BTC/USD", "1", "price not finite"), ("BTC/USD", "2", "price not finite"),
         ("BTC/USD", "3", "price not finite"), ("BTC/USD", "1", "amount negative"), ("ETH/USD", "1", "price not finite"),

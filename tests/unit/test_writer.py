@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from fullon_ohlcv_service.collectors.writer import BatchWriter, _merge
+from fullon_ohlcv_service.collectors.writer import BatchWriter, SymbolStats, _merge
 from fullon_ohlcv_service.errors import PermanentError, StoreDataError, StoreUnavailable
 from fullon_ohlcv_service.models import Candle, Reject, Trade
 
@@ -106,6 +106,29 @@ async def test_flush_on_interval() -> None:
     await asyncio.wait_for(w.wait_committed(), 10.0)
     assert 0.04 <= time.monotonic() - t0  # not before the interval (flush_rows is never reached)
     assert len(store.trades["A"]) == 3
+    task.cancel()
+
+
+async def test_beats_is_a_snapshot_of_the_writer() -> None:
+    store = MemStore()
+    store.down = True
+    w = BatchWriter(store, flush_rows=10, flush_interval=0.01, buffer_rows=40, backoff_initial=0.01, backoff_max=0.05)
+    task = await run_writer(w)
+    await w.put_trades("A", trades(30))
+    await asyncio.sleep(0.2)
+    down = w.beats()
+    assert down.depth == 30 and down.behind and down.write_errors >= 1 and down.batches == 0
+    assert down.last_error == "StoreUnavailable: db down"
+    assert down.stats("A") == SymbolStats() and dict(down.symbols) == {}  # nothing committed yet
+    store.down = False
+    await asyncio.wait_for(w.wait_committed(), 2.0)
+    up = w.beats()
+    assert up.depth == 0 and not up.behind and up.batches >= 1 and up.write_errors >= down.write_errors
+    assert up.stats("A").trades_stored == 30 and up.stats("A").last_trade_ms == 29_000
+    assert up.commit_seconds is w.commit_seconds  # the live histograms, for /metrics
+    await w.put_trades("A", trades(5, start=30))
+    await asyncio.wait_for(w.wait_committed(), 2.0)
+    assert up.stats("A").trades_stored == 30 and w.beats().stats("A").trades_stored == 35  # a copy, not a view
     task.cancel()
 
 
