@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chaos.servers import PrivatePostgres, PrivateRedis
-from tests.services import need, private
+from tests.services import need, private, redis_db
 
 PG_HOST = os.environ.get("OHLCV_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("OHLCV_TEST_PG_PORT", "5432"))
@@ -82,12 +82,12 @@ def pg_url2() -> Iterator[str]:
         drop_pg_database(url)
 
 
-_REDIS_DB = int(os.environ.get("OHLCV_TEST_REDIS_DB", "13"))
+_REDIS_DB = redis_db("OHLCV_TEST_REDIS_DB", 13)  # apart per xdist worker
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """URL of a private Redis db (flushed before and after). Tests run serially, so one db suffices."""
+    """URL of a private Redis db (flushed before and after). Tests of one xdist worker run serially: one db each."""
     _need(REDIS_HOST, REDIS_PORT, "Redis")
     import redis
 

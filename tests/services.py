@@ -55,3 +55,18 @@ def private(server: S) -> Iterator[S]:
         yield server
     finally:
         server.close()
+
+
+def redis_db(variable: str, default: int) -> int:
+    """The shared Redis logical db a test family uses, apart per xdist worker (``scripts/test`` runs two).
+
+    Worker gwN takes ``base - 3 * N``, so the families (13, 11, ...) of two workers never meet.
+    """
+    base = int(os.environ.get(variable, str(default)))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    db = base - 3 * index
+    if not 0 <= db <= 15:
+        raise RuntimeError(f"{variable}={base} leaves no Redis db for xdist worker {worker}: use fewer workers")
+    return db
+

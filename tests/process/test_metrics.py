@@ -21,20 +21,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.process.harness import System, wait_for
+from tests.services import need, redis_db
 
 pytestmark = pytest.mark.slow
 
-REDIS_DB = int(os.environ.get("OHLCV_TEST_PROCESS_REDIS_DB", "11"))
+REDIS_DB = redis_db("OHLCV_TEST_PROCESS_REDIS_DB", 11)
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def _redis_url() -> str:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1.0):
-            pass
-    except OSError:
-        pytest.skip("Redis is not reachable at 127.0.0.1:6379")
+    need("127.0.0.1", 6379, "Redis")  # fails instead of skipping with OHLCV_REQUIRE_SERVICES=1
     return f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 

@@ -17,11 +17,11 @@ from fullon_ohlcv_service.errors import EXIT_ALL_FATAL
 from fullon_ohlcv_service.timeutil import now_ms, parse_time
 from tests.conftest import REDIS_HOST, REDIS_PORT
 from tests.process.harness import System, children, cmdline, proc_alive, session_members, wait_for
-from tests.services import need
+from tests.services import need, redis_db
 
 pytestmark = pytest.mark.slow
 
-REDIS_DB = int(os.environ.get("OHLCV_TEST_PROCESS_REDIS_DB", "11"))  # apart from conftest's 13 and chaos' 12
+REDIS_DB = redis_db("OHLCV_TEST_PROCESS_REDIS_DB", 11)  # apart from conftest's 13 and chaos' 12
 
 
 @pytest.fixture
