@@ -795,6 +795,8 @@ class ChaosRun:
             self._measure_detection()
             self._phase_catchup()
             self.feeds.audit(self)
+            if self.feeds.enabled:
+                self.say(feed_audit.summary(self.feeds.to_json()))
             results = self._audit()
             with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
                 self.sim_stats = self._http("GET", "/_sim/stats", timeout=10)
