@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     symbols = ["BTC/USD", "ETH/USD", "SOL/USD"]
-    sim, url = start_sim([s + "@1000" for s in symbols], "--burst", "--history-days", "0")
+    sim, url = start_sim([s + "@900" for s in symbols], "--burst", "--steady", "--history-days", "0")
     try:
         ceil, ceil_cpu = uvloop.run(ceiling(url, symbols, args.seconds))
     finally:

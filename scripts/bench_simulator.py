@@ -29,7 +29,7 @@ def _serve_sim(q: Any, seed: int, rate: float) -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         async with Simulator(seed=seed, symbols={"kraken": [f"{SYMBOL}@{rate}"]}, history_days=0.001,
-                             burst=True) as sim:
+                             burst=True, steady=True) as sim:
             q.put(sim.url)
             await stop.wait()
 
@@ -44,7 +44,7 @@ def _serve_bare(q: Any, seed: int, rate: float, n_trades: int) -> None:
     from fullon_ohlcv_service.simulator.venue import dumps
     from fullon_ohlcv_service.timeutil import now_ms
 
-    market = Market(seed, "kraken", SymbolConfig(SYMBOL, rate=rate))
+    market = Market(seed, "kraken", SymbolConfig(SYMBOL, rate=rate), steady=True)
     k = Kraken({SYMBOL: market}, clock=now_ms)
     trades = []
     b = now_ms() // BUCKET_MS
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--rate", type=float, default=1000.0, help="market rate (trades per simulated second)")
+    p.add_argument("--rate", type=float, default=900.0,
+                   help="market rate (trades per simulated second, steady; at most 980)")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
 

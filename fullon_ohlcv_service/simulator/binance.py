@@ -1,4 +1,10 @@
-"""Binance spot's wire formats as ccxt uses them: exchangeInfo, klines, aggTrades, trades, and the spot streams."""
+"""Binance spot's wire formats: exchangeInfo, klines, aggTrades, trades, and the spot streams (raw and combined).
+
+Streams, as Binance serves them: ``/ws`` (subscribe with ``SUBSCRIBE``), ``/ws/<stream>[/<stream>...]`` (raw
+streams named in the URL, started at once; a path that names no stream, such as ccxt's ``/ws/0``, is a plain
+``/ws``) and ``/stream?streams=<a>/<b>`` (combined: started at once, every event wrapped as
+``{"stream": <name>, "data": <event>}``; ``SET_PROPERTY combined`` switches the wrapping on either endpoint).
+"""
 
 from __future__ import annotations
 
@@ -81,7 +87,8 @@ class Binance(Venue):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/binance/{host}/api/v3/{method}", self.rest)
         app.router.add_get("/binance/{host}/ws", self.ws_handler)
-        app.router.add_get("/binance/{host}/ws/{stream}", self.ws_handler)
+        app.router.add_get("/binance/{host}/ws/{streams:.+}", self.ws_handler)
+        app.router.add_get("/binance/{host}/stream", self.ws_handler)
 
     # -- REST ------------------------------------------------------------------------------------------
     def rate_limit_response(self, status: int) -> web.Response:
@@ -274,6 +281,29 @@ class Binance(Venue):
     async def on_ws_open(self, session: WsSession) -> None:
         if self.ping_interval_s > 0:
             session.tasks.append(asyncio.get_running_loop().create_task(self._pinger(session)))
+        if session.path.endswith("/stream"):
+            session.combined = True
+            named = session.query.get("streams", "")
+        else:
+            named = session.match.get("streams", "")
+        async with session.lock:
+            for stream in named.split("/"):
+                if self._parse_stream(stream) is not None:  # anything else (ccxt's /ws/0) names no stream
+                    self._subscribe(session, stream)
+
+    def _subscribe(self, session: WsSession, stream: str) -> None:
+        if stream in session.subs:
+            return
+        parsed = self._parse_stream(stream)
+        assert parsed is not None
+        m, kind = parsed
+        cursor = self.cursor(m, self.now())
+        self.subscribed(session, stream, KlineState(cursor) if kind == "kline_1m" else cursor)
+
+    @staticmethod
+    def _wrap(session: WsSession, stream: str, frame: str) -> str:
+        """A combined-stream event: ``{"stream": <name>, "data": <event>}``; a raw one as it is."""
+        return f'{{"stream":"{stream}","data":{frame}}}' if session.combined else frame
 
     async def _pinger(self, session: WsSession) -> None:
         with contextlib.suppress(ConnectionResetError, RuntimeError):
@@ -291,6 +321,9 @@ class Binance(Venue):
         if method == "LIST_SUBSCRIPTIONS":
             await session.send({"result": sorted(session.subs), "id": req_id})
             return
+        if method in ("SET_PROPERTY", "GET_PROPERTY"):
+            await self._property(session, method, params, req_id)
+            return
         if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
             await session.send({"error": {"code": 2, "msg": "Invalid request: unknown method or params"},
                                 "id": req_id})
@@ -305,15 +338,26 @@ class Binance(Venue):
             for stream in params:
                 if method == "UNSUBSCRIBE":
                     self.unsubscribed(session, stream)
-                    continue
-                if stream in session.subs:
-                    continue
-                parsed = self._parse_stream(stream)
-                assert parsed is not None
-                m, kind = parsed
-                cursor = self.cursor(m, self.now())
-                self.subscribed(session, stream, KlineState(cursor) if kind == "kline_1m" else cursor)
+                else:
+                    self._subscribe(session, stream)
             await session.send({"result": None, "id": req_id})
+
+    async def _property(self, session: WsSession, method: str, params: Any, req_id: Any) -> None:
+        """``SET_PROPERTY ["combined", bool]`` and ``GET_PROPERTY ["combined"]``, as Binance documents them."""
+        if not isinstance(params, list) or not params or not isinstance(params[0], str):
+            await session.send({"code": 2, "msg": "Invalid request: property name must be a string", "id": req_id})
+            return
+        if params[0] != "combined":
+            await session.send({"code": 0, "msg": "Unknown property", "id": req_id})
+            return
+        if method == "GET_PROPERTY":
+            await session.send({"result": session.combined, "id": req_id})
+            return
+        if len(params) != 2 or not isinstance(params[1], bool):
+            await session.send({"code": 1, "msg": "Invalid value type: expected Boolean", "id": req_id})
+            return
+        session.combined = params[1]
+        await session.send({"result": None, "id": req_id})
 
     def _parse_stream(self, stream: Any) -> tuple[Market, str] | None:
         if not isinstance(stream, str) or "@" not in stream:
@@ -330,7 +374,7 @@ class Binance(Venue):
             sid, kind = stream.split("@", 1)
             sid = sid.upper()
             if isinstance(state, KlineState):
-                await self._pump_kline(session, sid, state, now)
+                await self._pump_kline(session, stream, sid, state, now)
                 continue
             assert isinstance(state, TradeCursor)
             trades = state.advance(now)
@@ -345,7 +389,7 @@ class Binance(Venue):
                 else:
                     frame = {"e": "trade", "E": now, "s": sid, "t": wire_id(t), "p": t.price, "q": t.amount,
                              "T": t.ts, "m": maker(t), "M": True}
-                await session.send_text(dumps(frame))
+                await session.send_text(self._wrap(session, stream, dumps(frame)))
             self.stats.trades_sent += len(entries)
 
     def _kline_frame(self, sid: str, c: CandleEntry, closed: bool, now: int) -> str:
@@ -354,7 +398,7 @@ class Binance(Venue):
             "o": c.open, "c": c.close, "h": c.high, "l": c.low, "v": c.volume, "n": c.count, "x": closed,
             "q": c.quote_volume, "V": "0.00000000", "Q": "0.00000000", "B": "0"}})
 
-    async def _pump_kline(self, session: WsSession, sid: str, state: KlineState, now: int) -> None:
+    async def _pump_kline(self, session: WsSession, stream: str, sid: str, state: KlineState, now: int) -> None:
         m = state.cursor.market
         trades = state.cursor.advance(now)
         clock = state.cursor.last_ts if self.burst else now
@@ -363,22 +407,23 @@ class Binance(Venue):
             last_by_minute[t.ts - t.ts % BUCKET_MS] = t.ts
         for minute, upto in last_by_minute.items():
             if state.open_minute is not None and state.open_minute != minute:
-                await self._close_kline(session, sid, m, state.open_minute, now)
+                await self._close_kline(session, stream, sid, m, state.open_minute, now)
             state.open_minute = minute
             if minute + BUCKET_MS <= clock + 1:
-                await self._close_kline(session, sid, m, minute, now)
+                await self._close_kline(session, stream, sid, m, minute, now)
                 state.open_minute = None
             else:
                 c = m.candle(minute, upto)
                 if c is not None:
-                    await session.send_text(self._kline_frame(sid, c, False, now))
+                    await session.send_text(self._wrap(session, stream, self._kline_frame(sid, c, False, now)))
         if state.open_minute is not None and state.open_minute + BUCKET_MS <= clock + 1:
-            await self._close_kline(session, sid, m, state.open_minute, now)
+            await self._close_kline(session, stream, sid, m, state.open_minute, now)
             state.open_minute = None
         for pc in state.cursor.poison_candles():  # an extra, unclosed update of the poisoned minute
-            await session.send_text(self._kline_frame(sid, pc, False, now))
+            await session.send_text(self._wrap(session, stream, self._kline_frame(sid, pc, False, now)))
 
-    async def _close_kline(self, session: WsSession, sid: str, m: Market, minute: int, now: int) -> None:
+    async def _close_kline(self, session: WsSession, stream: str, sid: str, m: Market, minute: int,
+                           now: int) -> None:
         c = m.candle(minute)
         if c is not None:
-            await session.send_text(self._kline_frame(sid, c, True, now))
+            await session.send_text(self._wrap(session, stream, self._kline_frame(sid, c, True, now)))

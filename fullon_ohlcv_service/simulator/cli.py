@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import signal
 import sys
@@ -37,6 +38,22 @@ def parse_symbols(text: str, exchanges: list[str], rate: float) -> dict[str, lis
     return out
 
 
+def parse_history_start(text: str) -> str | int:
+    """``minute``, ``day``, epoch ms, or an ISO-8601 UTC instant -> what Simulator(history_start=) takes."""
+    value = text.strip()
+    if value in ("minute", "day"):
+        return value
+    if value.isdigit():
+        return int(value)
+    try:
+        when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--history-start {text!r} is not 'minute', 'day', epoch ms or an ISO-8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return int(when.timestamp() * 1000)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="ohlcv-simulator",
                                 description="Kraken and Binance spot wire formats on loopback, with faults.")
@@ -46,8 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exchanges", default=",".join(VENUES), help="comma list (default: kraken,binance)")
     p.add_argument("--symbols", default="",
                    help="e.g. 'kraken:BTC/USD@20,ETH/USD@0.5;binance:BTC/USDT' (@rate = trades/s)")
-    p.add_argument("--rate", type=number(0, MAX_RATE), default=5.0, help="default average trades/s per symbol")
+    p.add_argument("--rate", type=number(0, MAX_RATE), default=5.0,
+                   help="default average trades/s per symbol (at most 337, or 980 with --steady: one trade per ms "
+                        "per symbol; a higher rate is refused)")
     p.add_argument("--history-days", type=number(0, 3650), default=1.0, help="days of history before start-up")
+    p.add_argument("--history-start", default="minute",
+                   help="where history starts: 'minute' (history-days ago, on a minute), 'day' (the UTC midnight "
+                        "at or before that), or an instant (ISO-8601 UTC like 2026-01-01T00:00:00Z, or epoch ms)")
+    p.add_argument("--tls", action="store_true",
+                   help="serve https:// and wss:// with a certificate from a CA made at start-up; the start-up "
+                        "line names its 'ca_file' (for SSL_CERT_FILE, ccxt's cafile, ...)")
+    p.add_argument("--tls-dir", default=None,
+                   help="with --tls: write ca.pem, server.pem and server.key here (default: a temporary "
+                        "directory removed at exit)")
     p.add_argument("--fault", action="append", default=[],
                    help="fault at start, e.g. 'rest_429=3', 'ws_drop_every_s=10,exchange=kraken' (repeatable)")
     p.add_argument("--burst", action="store_true", help="stream trades as fast as sockets take them")
@@ -81,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         if name not in VENUES:
             raise ConfigError(f"the simulator has no exchange {name!r} (it has: {', '.join(VENUES)})")
     symbols = parse_symbols(args.symbols, exchanges, args.rate)
+    if args.tls_dir and not args.tls:
+        raise ConfigError("--tls-dir needs --tls")
     faults = [parse_fault_flag(f) for f in args.fault]
     sim = Simulator(seed=args.seed, symbols=symbols, rate=args.rate, history_days=args.history_days,
                     host=args.host, port=args.port, exchanges=exchanges, faults=faults, burst=args.burst,
-                    steady=args.steady, tick_s=args.tick_ms / 1000, ping_interval_s=args.ping_interval)
+                    steady=args.steady, tick_s=args.tick_ms / 1000, ping_interval_s=args.ping_interval,
+                    history_start=parse_history_start(args.history_start), tls=args.tls, tls_dir=args.tls_dir)
     asyncio.run(serve(sim))
     return EXIT_OK
 

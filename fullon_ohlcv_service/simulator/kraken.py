@@ -1,4 +1,5 @@
-"""Kraken's wire formats as ccxt uses them: REST Assets/AssetPairs/OHLC/Trades and websocket v2 trade/ohlc."""
+"""Kraken's wire formats: REST Assets/AssetPairs/OHLC/Trades, websocket v2 trade/ohlc (``/v2``, what ccxt uses)
+and websocket v1 (the root path, what older clients such as cryptofeed use; see kraken_v1.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fullon_ohlcv_service.simulator.kraken_v1 import KrakenV1
 from fullon_ohlcv_service.simulator.market import BUCKET_MS, Market, SimTrade
 from fullon_ohlcv_service.simulator.poison import (
     CandleEntry,
@@ -109,15 +111,20 @@ class Kraken(Venue):
     def __init__(self, markets: dict[str, Market], **kwargs: Any) -> None:
         super().__init__(markets, **kwargs)
         self.by_pair: dict[str, Market] = {}
+        by_name: dict[str, Market] = {}
         for symbol, m in markets.items():
-            pid, alt, _ws = pair_ids(symbol)
+            pid, alt, wsname = pair_ids(symbol)
             self.by_pair[pid] = m
             self.by_pair[alt] = m
+            by_name[wsname] = by_name[symbol] = m
         self._next_conn = 6447481662169813000
+        self.v1 = KrakenV1(self, by_name)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/kraken/{host}/0/public/{method}", self.rest)
         app.router.add_get("/kraken/{host}/v2", self.ws_handler)
+        app.router.add_get("/kraken/{host}", self.ws_handler)  # v1: wss://ws.kraken.com
+        app.router.add_get("/kraken/{host}/", self.ws_handler)
 
     # -- REST ------------------------------------------------------------------------------------------
     def rate_limit_response(self, status: int) -> web.Response:
@@ -254,7 +261,14 @@ class Kraken(Venue):
             dumps({"channel": "status", "type": "update", "data": "online"}),
         ]
 
+    @staticmethod
+    def _v1(session: WsSession) -> bool:
+        return not session.path.rstrip("/").endswith("/v2")
+
     async def on_ws_open(self, session: WsSession) -> None:
+        if self._v1(session):
+            await self.v1.on_open(session)
+            return
         self._next_conn += 1
         await session.send({"channel": "status", "type": "update", "data": [
             {"version": "2.0.10", "system": "online", "api_version": "v2", "connection_id": self._next_conn}]})
@@ -263,6 +277,9 @@ class Kraken(Venue):
         return iso_us(self.now())
 
     async def on_ws_message(self, session: WsSession, msg: Any) -> None:
+        if self._v1(session):
+            await self.v1.on_message(session, msg)
+            return
         if not isinstance(msg, dict):
             return
         method = msg.get("method")
@@ -351,6 +368,9 @@ class Kraken(Venue):
                 "interval_begin": iso_us(c.ts), "interval": 1, "timestamp": iso_us(c.ts + BUCKET_MS)}
 
     async def pump(self, session: WsSession) -> None:
+        if self._v1(session):
+            await self.v1.pump(session)
+            return
         if time.monotonic() - session.last_sent >= HEARTBEAT_S:
             await session.send_text('{"channel":"heartbeat"}')  # Kraken's once-a-second sign of life
         now = self.now()

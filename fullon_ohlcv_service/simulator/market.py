@@ -13,6 +13,10 @@ from dataclasses import dataclass
 BUCKET_MS = 60_000  # one bucket is one 1m candle: a minute's trades come from one seeded RNG
 ID_STRIDE = 100_000  # trade id = bucket index * ID_STRIDE + n (at most one trade per ms, so n < 60_000)
 REGIME_BUCKETS = 10  # bursts and quiet stretches last 10 minutes
+BURST_FACTOR = 2.9  # a burst regime's rate multiplier (quiet: 0.1, normal: 1.0)
+# The market has at most one trade per millisecond: a minute holds at most BUCKET_MS trades. A rate whose
+# minutes could need more (its mean plus four standard deviations, at its burst peak) is refused, not cut.
+MAX_STEADY_RATE = 980.0  # trades/s: 58,800 a minute + 4 sd (970) <= 60,000
 SIGMA_PER_MINUTE = 0.0009  # log-price volatility per minute (about 3.4 % a day)
 # value-noise octaves for the minute anchors: (lattice step in minutes, amplitude in sigma-minutes)
 _OCTAVES = ((4320, 40.0), (720, 18.0), (120, 7.0), (20, 3.0), (4, 1.2))
@@ -50,6 +54,22 @@ class SymbolConfig:
         price = self.base_price or default_price(self.symbol)
         decimals = self.price_decimals if self.price_decimals >= 0 else default_price_decimals(price)
         return SymbolConfig(self.symbol, float(self.rate), price, decimals, self.amount_decimals)
+
+
+def max_rate(steady: bool) -> float:
+    """The highest average rate (trades/s) a symbol can have without a minute ever being cut to fit."""
+    return MAX_STEADY_RATE if steady else math.floor(MAX_STEADY_RATE / BURST_FACTOR)
+
+
+def rate_problem(symbol: str, rate: float, steady: bool) -> str | None:
+    """One line saying why ``rate`` (trades/s) cannot be served for ``symbol``, or None when it can."""
+    limit = max_rate(steady)
+    if rate <= limit:
+        return None
+    mode = "with --steady" if steady else f"without --steady (its bursts run at {BURST_FACTOR:g}x the rate)"
+    return (f"rate {rate:g} trades/s for {symbol} is more than the simulator can emit: at most one trade per "
+            f"millisecond per symbol allows an average of {limit:g} trades/s {mode}; spread the rate over more "
+            f"symbols")
 
 
 def _fixed(units: int, decimals: int) -> str:
@@ -224,7 +244,7 @@ class Market:
             return 0.1
         if u < 0.9:
             return 1.0
-        return 2.9
+        return BURST_FACTOR
 
     # -- trades -------------------------------------------------------------------------------------
     def bucket(self, b: int) -> list[SimTrade]:

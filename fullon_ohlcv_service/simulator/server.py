@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -17,7 +20,8 @@ from fullon_ohlcv_service.log import Log
 from fullon_ohlcv_service.simulator.binance import Binance
 from fullon_ohlcv_service.simulator.faults import POISON, validate_faults
 from fullon_ohlcv_service.simulator.kraken import Kraken
-from fullon_ohlcv_service.simulator.market import BUCKET_MS, Market, SymbolConfig
+from fullon_ohlcv_service.simulator.market import BUCKET_MS, Market, SymbolConfig, rate_problem
+from fullon_ohlcv_service.simulator.tls import TlsFiles, write_certificates
 from fullon_ohlcv_service.simulator.venue import Venue, json_response
 from fullon_ohlcv_service.timeutil import now_ms
 
@@ -29,6 +33,22 @@ DEFAULT_SYMBOLS: dict[str, tuple[str, ...]] = {
 }
 
 SymbolsArg = Mapping[str, Sequence[str | SymbolConfig]]
+HistoryStart = str | int  # "minute", "day", or an epoch-ms instant
+
+
+def history_genesis(start_ms: int, history_days: float, history_start: HistoryStart = "minute") -> int:
+    """The first millisecond of history: ``history_days`` before ``start_ms`` on a minute (``"minute"``), at the
+    UTC midnight at or before that (``"day"``), or at a given epoch-ms instant (floored to its minute)."""
+    if isinstance(history_start, int) and not isinstance(history_start, bool):
+        if history_start > start_ms:
+            raise ConfigError("history cannot start after the simulator starts")
+        return history_start - history_start % BUCKET_MS
+    genesis = start_ms - int(history_days * DAY_MS)
+    if history_start == "day":
+        return genesis - genesis % DAY_MS
+    if history_start == "minute":
+        return genesis - genesis % BUCKET_MS
+    raise ConfigError(f"history start {history_start!r} is not 'minute', 'day' or an epoch-ms instant")
 
 
 class ScaledClock:
@@ -68,13 +88,20 @@ class Simulator:
     takes them (benchmarks).  ``steady=True`` drops the quiet stretches and bursts, so every minute trades at
     the average rate (a test that counts the trades of a few live seconds).  ``clock`` (epoch ms) is
     injectable for tests.
+
+    ``history_start`` aligns the start of history: ``"minute"`` (the default), ``"day"`` (the UTC midnight at
+    or before ``history_days`` ago, for clients that work in whole days) or an epoch-ms instant.
+    ``tls=True`` serves https:// and wss:// with a certificate from a CA made at start-up; its ``ca_file``
+    (written to ``tls_dir``, else to a temporary directory removed at close) is what a client must trust.
+    A symbol rate above what the market can emit (``market.max_rate``) is refused with a ConfigError.
     """
 
     def __init__(self, seed: int = 1, symbols: SymbolsArg | None = None, *, rate: float = 5.0,
                  history_days: float = 1.0, host: str = "127.0.0.1", port: int = 0,
                  exchanges: Sequence[str] | None = None, faults: Sequence[Mapping[str, Any]] = (),
                  burst: bool = False, steady: bool = False, tick_s: float = 0.05, ping_interval_s: float = 20.0,
-                 clock: Callable[[], int] = now_ms) -> None:
+                 clock: Callable[[], int] = now_ms, history_start: HistoryStart = "minute", tls: bool = False,
+                 tls_dir: str | Path | None = None) -> None:
         names = list(exchanges or (symbols.keys() if symbols else VENUES.keys()))
         for name in names:
             if name not in VENUES:
@@ -86,11 +113,21 @@ class Simulator:
         self.steady = steady
         self.clock = clock
         self.history_days = history_days
+        self.history_start = history_start
+        history_genesis(clock(), history_days, history_start)  # a bad value fails here, not at start
+        self.tls = tls
+        self._tls_dir = Path(tls_dir) if tls_dir is not None else None
+        self._tls_tmp: str | None = None
+        self.tls_files: TlsFiles | None = None
         self._start_faults = [validate_faults(dict(f)) for f in faults]
         self._symbols: dict[str, list[SymbolConfig]] = {}
         for name in names:
             specs = (symbols or {}).get(name) or DEFAULT_SYMBOLS[name]
             self._symbols[name] = [s if isinstance(s, SymbolConfig) else parse_symbol_spec(s, rate) for s in specs]
+            for config in self._symbols[name]:
+                problem = rate_problem(f"{name} {config.symbol}", config.rate, steady)
+                if problem:
+                    raise ConfigError(problem)
         self._rate = rate
         self._tick_s = tick_s
         self._ping_interval_s = ping_interval_s
@@ -104,8 +141,7 @@ class Simulator:
     # -- lifecycle -------------------------------------------------------------------------------------
     def _build(self) -> web.Application:
         start = self.clock()
-        self.genesis_ms = start - int(self.history_days * DAY_MS)
-        self.genesis_ms -= self.genesis_ms % BUCKET_MS
+        self.genesis_ms = history_genesis(start, self.history_days, self.history_start)
         for name, configs in self._symbols.items():
             markets = {c.symbol: Market(self.seed, name, c, genesis_ms=self.genesis_ms, steady=self.steady)
                        for c in configs}
@@ -137,14 +173,20 @@ class Simulator:
         app = self._build()
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        ssl_context = None
+        if self.tls:
+            if self._tls_dir is None:
+                self._tls_tmp = tempfile.mkdtemp(prefix="ohlcv-sim-tls-")
+            self.tls_files = write_certificates(self._tls_dir or Path(str(self._tls_tmp)))
+            ssl_context = self.tls_files.server_context()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         self._runner = runner
         addresses = runner.addresses
         port = int(addresses[0][1]) if addresses else self.port
         self.port = port
         host = self.host if ":" not in self.host else f"[{self.host}]"
-        self._url = f"http://{host}:{port}"
+        self._url = f"{'https' if self.tls else 'http'}://{host}:{port}"
         for f in self._start_faults:
             self.set_faults(f)
         self.log.info("simulator listening", url=self._url, exchanges=",".join(self.venues), seed=self.seed)
@@ -159,6 +201,9 @@ class Simulator:
                     with contextlib.suppress(ConnectionResetError, RuntimeError):
                         await asyncio.wait_for(s.ws.close(code=1001, message=b"simulator stopping"), 1.0)
         await runner.cleanup()
+        if self._tls_tmp is not None:
+            shutil.rmtree(self._tls_tmp, ignore_errors=True)
+            self._tls_tmp = None
 
     # -- addresses -------------------------------------------------------------------------------------
     @property
@@ -171,10 +216,20 @@ class Simulator:
         """The ccxt constructor config fragment for ``exchange`` (see adapters.ccxt_local.local_overrides)."""
         if exchange not in self._overrides:
             self._overrides[exchange] = local_overrides(exchange, self.url)
+            if self.ca_file is not None:
+                self._overrides[exchange]["cafile"] = self.ca_file  # ccxt's REST and websocket trust it
         return self._overrides[exchange]
 
+    @property
+    def ca_file(self) -> str | None:
+        """With ``tls``: the CA certificate (PEM) a client must trust; None without TLS."""
+        return str(self.tls_files.ca_file) if self.tls_files is not None else None
+
     def startup_line(self) -> dict[str, Any]:
-        return {"url": self.url, "exchanges": {name: self.overrides(name) for name in self.venues}}
+        line: dict[str, Any] = {"url": self.url, "exchanges": {name: self.overrides(name) for name in self.venues}}
+        if self.ca_file is not None:
+            line["ca_file"] = self.ca_file
+        return line
 
     def symbols(self, exchange: str) -> list[str]:
         return list(self._venue(exchange).markets)
@@ -230,6 +285,7 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         return {"url": self._url, "seed": self.seed, "now": self.clock(), "genesis_ms": self.genesis_ms,
+                "ca_file": self.ca_file,
                 "burst": self.burst, "steady": self.steady,
                 "exchanges": {name: {**v.stats.snapshot(), "faults": v.faults.snapshot()}
                               for name, v in self.venues.items()}}

@@ -125,9 +125,13 @@ class TradeCursor:
 class WsSession:
     """One accepted websocket: the socket, its subscriptions and its sender task."""
 
-    def __init__(self, venue: Venue, ws: web.WebSocketResponse) -> None:
+    def __init__(self, venue: Venue, ws: web.WebSocketResponse, request: web.Request | None = None) -> None:
         self.venue = venue
         self.ws = ws
+        self.path = request.path if request is not None else ""
+        self.query: dict[str, str] = dict(request.query) if request is not None else {}
+        self.match: dict[str, str] = dict(request.match_info) if request is not None else {}
+        self.combined = False  # Binance: frames wrapped as {"stream": ..., "data": ...}
         self.id = next(_conn_ids)
         self.subs: dict[str, Any] = {}
         self.opened = time.monotonic()
@@ -214,7 +218,7 @@ class Venue(abc.ABC):
             return web.Response(status=503, text="websocket connections refused (simulated)")
         ws = web.WebSocketResponse(autoping=True, heartbeat=None, compress=False, max_msg_size=1 << 20)
         await ws.prepare(request)
-        session = WsSession(self, ws)
+        session = WsSession(self, ws, request)
         self.sessions.add(session)
         self.stats.connections_total += 1
         self.stats.connections_open += 1
