@@ -16,7 +16,7 @@ trade id; the truth endpoints have them.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fullon_ohlcv_service.simulator.market import BUCKET_MS, Market, SimTrade
 from fullon_ohlcv_service.simulator.poison import (
@@ -27,8 +27,7 @@ from fullon_ohlcv_service.simulator.poison import (
 )
 from fullon_ohlcv_service.simulator.venue import TradeCursor, WsSession, chunks, dumps
 
-if TYPE_CHECKING:
-    from fullon_ohlcv_service.simulator.kraken import Kraken
+Kraken = Any  # the owning simulator.kraken.Kraken venue; not imported, so the two modules form no cycle
 
 VERSION = "1.9.5"
 SNAPSHOT_TRADES = 50
