@@ -611,9 +611,11 @@ class CcxtExchange:
         token = _TRADE_TAP.set(tap)
         try:
             await rest.fetch_trades(symbol, since, limit, params)
-        except Exception:
+        except Exception as exc:
             if not tap:
                 raise
+            self.log.debug("ccxt failed on a parsed trade page; judging its rows one by one", symbol=symbol,
+                           error=f"{type(exc).__name__}: {exc}")
             # ccxt parsed the rows, then failed on them as a whole (a row without a timestamp breaks its
             # sort): the rows are judged one by one here instead
         finally:
@@ -714,9 +716,11 @@ class CcxtExchange:
         token = _OHLCV_TAP.set(tap)
         try:
             await rest.fetch_ohlcv(symbol, "1m", since, limit)
-        except Exception:
+        except Exception as exc:
             if not tap:
                 raise
+            self.log.debug("ccxt failed on a parsed candle page; judging its rows one by one", symbol=symbol,
+                           error=f"{type(exc).__name__}: {exc}")
             # parsed, then failed as a whole (see _rest_trades): the rows are judged one by one here
         finally:
             _OHLCV_TAP.reset(token)
